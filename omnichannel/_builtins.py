@@ -1,0 +1,102 @@
+"""The core's own hook implementations, registered in every plugin manager.
+
+* ``validate``: the channel-neutral rules every message must follow.
+* ``send`` (innermost wrapper): counts delivery attempts for the receipt.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .hookspecs import hookimpl
+from .message import Media, Message, Receipt, Template, Text
+
+if TYPE_CHECKING:
+    from .extensions import Sender
+    from .service import OmniChannelService
+
+
+@attrs.define
+class AttemptCounter:
+    """How many times the innermost sender was called during one send."""
+
+    count: int = 0
+
+
+ATTEMPTS: contextvars.ContextVar[AttemptCounter] = contextvars.ContextVar("omnichannel_attempts")
+
+CONTENT_KINDS: dict[type, str] = {Text: "text", Template: "template", Media: "media"}
+
+
+def _template_problems(template: Template) -> Iterator[str]:
+    if not template.name.strip():
+        yield "content.name: template name must not be empty"
+    if not template.language.strip():
+        yield "content.language: must not be empty"
+    named = [p.name for p in template.body if p.name is not None]
+    if named and len(named) != len(template.body):
+        yield "content.body: parameters must be all named or all positional, not a mix"
+    duplicates = sorted({n for n in named if named.count(n) > 1})
+    if duplicates:
+        yield f"content.body: parameter names must be unique, repeated: {', '.join(duplicates)}"
+    seen_buttons: set[int] = set()
+    for i, button in enumerate(template.buttons):
+        if button.index < 0:
+            yield f"content.buttons[{i}].index: must be >= 0, got {button.index}"
+        if button.index in seen_buttons:
+            yield f"content.buttons[{i}].index: button {button.index} is given twice"
+        seen_buttons.add(button.index)
+
+
+def _content_problems(message: Message) -> Iterator[str]:
+    content = message.content
+    if isinstance(content, Text):
+        if not content.body.strip():
+            yield "content.body: must not be empty"
+    elif isinstance(content, Template):
+        yield from _template_problems(content)
+    elif isinstance(content, Media):
+        if (content.url is None) == (content.media_id is None):
+            yield "content: give exactly one of url or media_id"
+    else:
+        yield f"content: unsupported content type {type(content).__name__}"
+
+
+@hookimpl
+def validate(message: Message, channel: str, service: OmniChannelService) -> list[str]:
+    """Check what every message needs, whatever its channel."""
+    problems = []
+    if not message.recipient:
+        problems.append("recipient: must not be empty")
+    if message.channel is not None and message.route:
+        problems.append("route: give either channel or route, not both")
+    problems.extend(_content_problems(message))
+    kind = CONTENT_KINDS.get(type(message.content))
+    declared = service.channel_info(channel)
+    if kind is not None and declared is not None and kind not in declared.capabilities:
+        supported = ", ".join(sorted(declared.capabilities)) or "nothing"
+        problems.append(
+            f"content: channel {channel!r} cannot send {kind} messages (it supports: {supported})"
+        )
+    return problems
+
+
+@hookimpl(wrapper=True, trylast=True)
+def send() -> Generator[None, Sender | None, Sender | None]:
+    """Count each call of the channel's own sender: the receipt's ``attempts``."""
+    inner = yield
+    if inner is None:
+        return None
+    channel_sender = inner
+
+    async def counted() -> Receipt:
+        counter = ATTEMPTS.get(None)
+        if counter is not None:
+            counter.count += 1
+        return await channel_sender()
+
+    return counted

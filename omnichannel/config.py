@@ -1,0 +1,297 @@
+"""Configuration: attrs classes, and ``load_config`` that fills them from three sources.
+
+Precedence, lowest first: the defaults below; a TOML file; environment
+variables; explicit arguments. Later sources override earlier ones key by key
+(tables merge), except ``disabled_plugins``, which is the union of all sources.
+
+* File: the ``path`` argument, else ``$OMNICHANNEL_CONFIG``, else
+  ``./omnichannel.toml`` when it exists.
+* Environment: ``OMNICHANNEL_<KEY>``, with ``__`` between nested keys:
+  ``OMNICHANNEL_HTTP__TIMEOUT_S=5``, ``OMNICHANNEL_PLUGINS__WHATSAPP__ACCESS_TOKEN=...``.
+  Values are parsed by the type of their key (numbers, ``true``/``false``,
+  comma-separated lists). ``OMNICHANNEL_DISABLE_PLUGINS=a,b`` blocks plugins.
+* Arguments: the ``overrides`` mapping, e.g. from the CLI.
+
+Each plugin's section ``[plugins.<name>]`` holds two generic keys, ``enabled``
+and ``rollout`` (percent of recipients), and the plugin's own settings, which
+the service checks against the class the plugin declares (``register_config``).
+A plugin's fields may also name legacy environment variables with ``setting(env=...)``.
+
+Every problem is reported at once as a ``ConfigError`` line ``<path>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+
+from .errors import ConfigError
+from .serde import EnvStr, InvalidField, InvalidValue, format_errors, make_converter
+
+__all__ = [
+    "HttpConfig",
+    "PluginSettings",
+    "ServerConfig",
+    "ServiceConfig",
+    "load_config",
+    "setting",
+    "structure_plugin_config",
+]
+
+ENV_PREFIX = "OMNICHANNEL_"
+_ENV_ALIASES = {"DISABLE_PLUGINS": "disabled_plugins"}
+_NOT_SETTINGS = frozenset({"CONFIG"})
+
+T = TypeVar("T")
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise InvalidField(attribute.name, f"must be > 0, got {value}")
+
+
+def _percent(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 <= value <= 100:
+        raise InvalidField(attribute.name, f"must be between 0 and 100, got {value}")
+
+
+def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise InvalidField(attribute.name, f"must be between 0 and 65535, got {value}")
+
+
+def setting(*, env: str | Sequence[str] = (), **kwargs: Any) -> Any:
+    """An ``attrs.field`` that may also be read from the environment variables ``env``.
+
+    For plugin configuration classes, to keep legacy variable names working::
+
+        @attrs.frozen
+        class BreakerConfig:
+            failure_threshold: int = setting(default=5, env="WHATSAPP_CIRCUIT_BREAKER_FAILURE_THRESHOLD")
+
+    A variable is used only when the key is absent from the file and from
+    ``OMNICHANNEL_...`` variables.
+    """
+    names = (env,) if isinstance(env, str) else tuple(env)
+    metadata = {**kwargs.pop("metadata", {}), "env": names}
+    return attrs.field(metadata=metadata, **kwargs)
+
+
+@attrs.frozen
+class HttpConfig:
+    """The shared outbound HTTP session."""
+
+    timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    connect_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    max_connections: int = attrs.field(default=100, validator=_positive)
+
+
+@attrs.frozen
+class ServerConfig:
+    """``omnichannel serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=_port)
+    shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen
+class PluginSettings:
+    """One ``[plugins.<name>]`` section: the generic keys and the plugin's raw settings."""
+
+    enabled: bool = True
+    rollout: float = attrs.field(default=100.0, validator=_percent)
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ServiceConfig:
+    """The whole configuration of a service.
+
+    :param default_route: channels to try, in order, for a message that names none.
+    :param channels: picks the owning plugin of a channel that several plugins declare.
+    :param disabled_plugins: plugins not to load.
+    :param send_concurrency: default concurrency of ``send_many``.
+    :param strict_plugins: make a plugin that fails to load a start-up error
+        (by default it is reported and the others load).
+    :param trace_plugins: log every hook call.
+    """
+
+    default_route: tuple[str, ...] = ()
+    channels: Mapping[str, str] = attrs.field(factory=dict)
+    disabled_plugins: tuple[str, ...] = ()
+    send_concurrency: int = attrs.field(default=10, validator=_positive)
+    strict_plugins: bool = False
+    trace_plugins: bool = False
+    http: HttpConfig = attrs.field(factory=HttpConfig)
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    plugins: Mapping[str, PluginSettings] = attrs.field(factory=dict)
+
+    def plugin_settings(self, name: str) -> PluginSettings:
+        """The section of plugin ``name`` (``-`` and ``_`` are interchangeable), or defaults."""
+        wanted = name.replace("-", "_")
+        for key, section in self.plugins.items():
+            if key.replace("-", "_") == wanted:
+                return section
+        return PluginSettings()
+
+
+def _unstructure_plugin_settings(value: PluginSettings) -> dict[str, Any]:
+    return {"enabled": value.enabled, "rollout": value.rollout, **value.settings}
+
+
+def register_config_hooks(converter: cattrs.Converter) -> cattrs.Converter:
+    """Teach ``converter`` the flat layout of ``[plugins.<name>]`` sections."""
+    generic_keys = ("enabled", "rollout")
+    structure_generic = make_dict_structure_fn(
+        PluginSettings, converter, _cattrs_forbid_extra_keys=True
+    )
+
+    def structure(value: object, _: type) -> PluginSettings:
+        if not isinstance(value, Mapping):
+            raise InvalidValue(f"expected a table, got {type(value).__name__}")
+        generic = {k: v for k, v in value.items() if k in generic_keys}
+        settings = {k: v for k, v in value.items() if k not in generic_keys}
+        return attrs.evolve(structure_generic(generic, PluginSettings), settings=settings)
+
+    converter.register_structure_hook(PluginSettings, structure)
+    converter.register_unstructure_hook(PluginSettings, _unstructure_plugin_settings)
+    return converter
+
+
+_CONVERTER = register_config_hooks(make_converter())
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+
+
+def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Return the settings found in ``OMNICHANNEL_*`` variables and each one's path -> variable."""
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name.removeprefix(ENV_PREFIX)
+        if key in _NOT_SETTINGS or not key:
+            continue
+        parts = [p.lower() for p in _ENV_ALIASES.get(key, key).split("__")]
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"{name}: conflicts with another OMNICHANNEL_ variable"])
+        node[parts[-1]] = EnvStr(environ[name], name)
+        sources[".".join(parts)] = name
+    return tree, sources
+
+
+def _with_sources(lines: list[str], sources: Mapping[str, str]) -> list[str]:
+    """Name the environment variable behind a bad key that did not come from the file."""
+    out = []
+    for line in lines:
+        path, _, problem = line.partition(": ")
+        var = sources.get(path)
+        out.append(f"{line} (from ${var})" if var and f"${var}" not in problem else line)
+    return out
+
+
+def _disabled(raw: Mapping[str, Any]) -> list[Any]:
+    value = raw.get("disabled_plugins", ())
+    if isinstance(value, EnvStr):
+        return [EnvStr(v.strip(), value.source) for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServiceConfig:
+    """Read the configuration from the file, the environment and ``overrides`` (see the module doc).
+
+    :raises ConfigError: listing every problem, each with its path.
+    """
+    environ = os.environ if environ is None else environ
+    file_path = path or environ.get(f"{ENV_PREFIX}CONFIG")
+    if file_path is None and Path("omnichannel.toml").is_file():
+        file_path = "omnichannel.toml"
+    layers: list[Mapping[str, Any]] = []
+    if file_path is not None:
+        layers.append(_read_file(Path(file_path)))
+    env_tree, sources = _from_environ(environ)
+    layers.append(env_tree)
+    layers.append(overrides or {})
+
+    raw: dict[str, Any] = {}
+    disabled: list[Any] = []
+    for layer in layers:
+        disabled += _disabled(layer)
+        raw = _merge(raw, layer)
+    if disabled:
+        raw["disabled_plugins"] = list(dict.fromkeys(disabled))
+    try:
+        return _CONVERTER.structure(raw, ServiceConfig)
+    except (cattrs.BaseValidationError, cattrs.errors.CattrsError, ValueError, TypeError) as exc:
+        source = str(file_path) if file_path is not None else None
+        raise ConfigError(_with_sources(format_errors(exc), sources), source=source) from None
+
+
+def _env_defaults(cls: type, environ: Mapping[str, str], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill keys absent from ``raw`` from the legacy variables their fields name."""
+    filled = dict(raw)
+    for field in attrs.fields(cls):
+        if field.name in filled:
+            continue
+        for var in field.metadata.get("env", ()):
+            if var in environ:
+                filled[field.name] = EnvStr(environ[var], var)
+                break
+    return filled
+
+
+def structure_plugin_config(
+    converter: cattrs.Converter,
+    cls: type[T],
+    raw: Mapping[str, Any],
+    *,
+    plugin_name: str,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Structure the settings of plugin ``plugin_name`` into ``cls``.
+
+    :raises ConfigError: with lines rooted at ``plugins.<plugin_name>``.
+    """
+    environ = os.environ if environ is None else environ
+    data = _env_defaults(cls, environ, raw) if attrs.has(cls) else dict(raw)
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, cattrs.errors.CattrsError, ValueError, TypeError) as exc:
+        raise ConfigError(format_errors(exc, f"plugins.{plugin_name}")) from None

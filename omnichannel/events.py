@@ -1,0 +1,139 @@
+"""Events: what happened, delivered to every ``on_event`` listener.
+
+Outbound events come from the send pipeline (``MessageSent``,
+``DeliveryFailed``, ``TemplateUsed``); inbound ones from channel webhooks
+(``StatusChanged``, ``InboundMessage``); middleware reports what it did
+(``RetryScheduled``, ``CircuitStateChanged``) so that metrics and logs can see
+it without importing the middleware; the service reports its own life
+(``ServiceStarted``, ``ServiceStopping``, ``ListenerFailed``).
+
+Every event is a frozen attrs class with an ``occurred_at`` UTC timestamp.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import attrs
+
+from .message import Content, DeliveryStatus, ErrorInfo, Message, Receipt, Template
+
+__all__ = [
+    "CircuitStateChanged",
+    "DeliveryFailed",
+    "Event",
+    "InboundMessage",
+    "ListenerFailed",
+    "MessageSent",
+    "RetryScheduled",
+    "ServiceStarted",
+    "ServiceStopping",
+    "StatusChanged",
+    "TemplateUsed",
+]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base class of all events."""
+
+    occurred_at: datetime = attrs.field(factory=_utcnow)
+
+
+@attrs.frozen
+class MessageSent(Event):
+    """The provider accepted a message (``receipt.provider_message_id`` is its id)."""
+
+    message: Message
+    receipt: Receipt
+
+
+@attrs.frozen
+class DeliveryFailed(Event):
+    """A message could not be delivered; ``receipt.error`` says why."""
+
+    message: Message
+    receipt: Receipt
+
+
+@attrs.frozen
+class TemplateUsed(Event):
+    """A template message was accepted by ``channel``."""
+
+    message: Message
+    channel: str
+    template: Template
+
+
+@attrs.frozen
+class StatusChanged(Event):
+    """A channel reported a new status for a message it accepted earlier (from a webhook).
+
+    ``message_id`` is our id when the provider echoed it back, else ``None``
+    and the message is found by ``provider_message_id``.
+    """
+
+    channel: str
+    provider_message_id: str
+    status: DeliveryStatus
+    message_id: str | None = None
+    recipient: str | None = None
+    error: ErrorInfo | None = None
+
+
+@attrs.frozen
+class InboundMessage(Event):
+    """Someone sent us a message on ``channel``."""
+
+    channel: str
+    sender: str
+    content: Content
+    provider_message_id: str
+    reply_to: str | None = None
+
+
+@attrs.frozen
+class RetryScheduled(Event):
+    """A middleware will try ``message_id`` again after ``delay_s`` (attempt ``attempt`` failed)."""
+
+    message_id: str
+    channel: str
+    attempt: int
+    delay_s: float
+    error: ErrorInfo
+
+
+@attrs.frozen
+class CircuitStateChanged(Event):
+    """A circuit breaker for ``(channel, sender)`` moved from ``previous`` to ``current``.
+
+    States are ``closed``, ``half_open``, ``open`` (plus admin states a breaker may add).
+    """
+
+    channel: str
+    sender: str
+    previous: str
+    current: str
+
+
+@attrs.frozen
+class ListenerFailed(Event):
+    """An ``on_event`` listener raised while handling an event of type ``event_type``."""
+
+    event_type: str
+    plugin_name: str
+    error: ErrorInfo
+
+
+@attrs.frozen
+class ServiceStarted(Event):
+    """The service has started: its HTTP session and plugin resources are ready."""
+
+
+@attrs.frozen
+class ServiceStopping(Event):
+    """The service is about to stop; listeners may flush what they buffer."""

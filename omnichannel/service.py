@@ -1,0 +1,642 @@
+"""``OmniChannelService``: the one object a host application holds.
+
+It owns the plugin manager (and is the only code that runs the send
+pipeline's hooks), the strict converter, the configuration and one shared
+``aiohttp.ClientSession``. Use it as an async context manager::
+
+    async with OmniChannelService(load_config()) as service:
+        receipt = await service.send(Message("+15551234567", Text("hi"), channel="console"))
+
+``send`` goes through route -> validate -> build -> send (wrapped by
+middleware) -> events, and raises on failure; ``send_many`` never raises for
+one message and returns a receipt for each, in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import aiohttp
+import attrs
+import pluggy
+
+from . import plugins as _plugins
+from ._builtins import ATTEMPTS, AttemptCounter
+from .clock import Clock, SystemClock
+from .config import ServiceConfig, register_config_hooks, structure_plugin_config
+from .errors import (
+    Certainty,
+    ConfigError,
+    DeliveryError,
+    MessageValidationError,
+    OmniChannelError,
+    PluginError,
+    ServiceStateError,
+    UnknownChannelError,
+)
+from .events import (
+    DeliveryFailed,
+    Event,
+    ListenerFailed,
+    MessageSent,
+    ServiceStarted,
+    ServiceStopping,
+    TemplateUsed,
+)
+from .extensions import Channel, Route
+from .message import DeliveryStatus, ErrorInfo, Message, Receipt, Template
+from .serde import REDACTED, make_converter
+
+if TYPE_CHECKING:
+    from .commands import CommandBus
+    from .plugins import PluginInfo
+
+__all__ = ["EventStats", "OmniChannelService"]
+
+log = logging.getLogger("omnichannel")
+
+T = TypeVar("T")
+
+_NO_PLUGINS: frozenset[object] = frozenset()
+_SECRET_WORDS = ("token", "secret", "password", "key")
+
+
+@attrs.frozen
+class _Binding:
+    channel: Channel
+    plugin_name: str
+    plugin: object
+
+
+@attrs.define
+class EventStats:
+    """Counters of event dispatch, for metrics and health checks."""
+
+    dispatched: Counter[str] = attrs.field(factory=Counter)
+    """Events dispatched, by event class name."""
+    listener_failures: Counter[str] = attrs.field(factory=Counter)
+    """Listener exceptions, by plugin name."""
+
+
+class OmniChannelService:
+    """Sends messages through the channel plugins, wrapped by middleware plugins.
+
+    :param config: the configuration (``load_config()`` reads file and environment);
+        defaults to ``ServiceConfig()``.
+    :param plugins: plugin objects, or ``(name, plugin)`` pairs, to register besides
+        the installed ones.
+    :param load_entrypoints: load installed plugins (``False`` in most tests).
+    :param plugin_manager: a ready manager to use instead of building one.
+    :param clock: the source of time (``omnichannel.testing.FakeClock`` in tests).
+    :param environ: where legacy environment variable names are read from.
+    :raises ConfigError: for a bad plugin section.
+    :raises PluginError: for conflicting channel owners or a broken plugin.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig | None = None,
+        *,
+        plugins: Iterable[object | tuple[str, object]] = (),
+        load_entrypoints: bool = True,
+        plugin_manager: _plugins.PluginManager | None = None,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config if config is not None else ServiceConfig()
+        self.clock: Clock = clock or SystemClock()
+        self.converter = register_config_hooks(make_converter())
+        self.event_stats = EventStats()
+        if plugin_manager is None:
+            plugin_manager = _plugins.get_plugin_manager(
+                load_entrypoints=load_entrypoints,
+                blocked=self._blocked_names(),
+                plugins=plugins,
+                strict=self.config.strict_plugins,
+            )
+        else:
+            for item in plugins:
+                name, plugin = item if isinstance(item, tuple) else (None, item)
+                _plugins.register_plugin(plugin_manager, plugin, name)
+        self._pm = plugin_manager
+        for error in self._pm.load_errors:
+            log.error("%s (the other plugins are loaded)", error)
+        self._undo_trace = (
+            _plugins.trace_hook_calls(self._pm, log) if self.config.trace_plugins else None
+        )
+        self._channels = self._bind_channels()
+        self._channel_plugins = frozenset(b.plugin for b in self._channels.values())
+        self._plugin_configs = self._load_plugin_configs(os.environ if environ is None else environ)
+        self._rollouts = self._rollout_shares()
+        self._callers: dict[tuple[str, frozenset[object]], pluggy.HookCaller] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._started_plugins: list[pluggy.HookImpl] = []
+        self._state = "new"
+        self._bus: CommandBus | None = None
+
+    # ------------------------------------------------------------ set-up
+
+    def _blocked_names(self) -> set[str]:
+        names = set(self.config.disabled_plugins)
+        names |= {name for name, section in self.config.plugins.items() if not section.enabled}
+        # Entry-point names are kebab-case; environment variables can only spell '_'.
+        return names | {n.replace("_", "-") for n in names} | {n.replace("-", "_") for n in names}
+
+    def _bind_channels(self) -> dict[str, _Binding]:
+        claims: dict[str, list[_Binding]] = {}
+        for plugin_name, declared in _plugins.call_each(self._pm, "register_channels"):
+            for channel in declared or ():
+                if not isinstance(channel, Channel):
+                    raise PluginError(
+                        plugin_name, f"register_channels must return Channel objects, got {channel!r}"
+                    )
+                plugin = self._pm.get_plugin(plugin_name)
+                claims.setdefault(channel.name, []).append(_Binding(channel, plugin_name, plugin))
+        bindings: dict[str, _Binding] = {}
+        errors: list[str] = []
+        for name, claimants in sorted(claims.items()):
+            owners = [c.plugin_name for c in claimants]
+            chosen = self.config.channels.get(name)
+            if chosen is not None:
+                picked = [c for c in claimants if c.plugin_name == chosen]
+                if not picked:
+                    errors.append(
+                        f"channels.{name}: plugin {chosen!r} does not provide channel {name!r} "
+                        f"(provided by: {', '.join(owners)})"
+                    )
+                    continue
+                bindings[name] = picked[0]
+            elif len(claimants) > 1:
+                raise PluginError(
+                    ", ".join(owners),
+                    f"channel {name!r} is provided by several plugins; pick one in the "
+                    f'configuration: [channels] {name} = "{owners[0]}"',
+                )
+            else:
+                bindings[name] = claimants[0]
+        if errors:
+            raise ConfigError(errors)
+        return bindings
+
+    def _load_plugin_configs(self, environ: Mapping[str, str]) -> dict[type, Any]:
+        declared: dict[str, type] = {}
+        for plugin_name, cls in _plugins.call_each(self._pm, "register_config"):
+            if cls is None:
+                continue
+            if not (isinstance(cls, type) and attrs.has(cls)):
+                raise PluginError(plugin_name, f"register_config must return an attrs class, got {cls!r}")
+            declared[plugin_name] = cls
+        self._config_classes = declared
+        errors: list[str] = []
+        configs: dict[type, Any] = {}
+        registered = {name.replace("-", "_"): name for name, _ in self._pm.list_name_plugin()}
+        blocked = {name.replace("-", "_") for name in self._blocked_names()}
+        for section_name, section in self.config.plugins.items():
+            key = section_name.replace("-", "_")
+            if key in blocked or not section.settings:
+                continue
+            plugin_name = registered.get(key)
+            if plugin_name is None:
+                errors.append(f"plugins.{section_name}: no plugin named {section_name!r} is installed")
+            elif plugin_name not in declared:
+                errors.extend(
+                    f"plugins.{section_name}.{setting}: unknown key "
+                    f"(plugin {plugin_name!r} takes no settings)"
+                    for setting in section.settings
+                )
+        for plugin_name, cls in declared.items():
+            raw = self.config.plugin_settings(plugin_name).settings
+            try:
+                configs[cls] = structure_plugin_config(
+                    self.converter, cls, raw, plugin_name=plugin_name, environ=environ
+                )
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(errors)
+        return configs
+
+    def _rollout_shares(self) -> dict[object, tuple[str, float]]:
+        shares = {}
+        for name, plugin in self._pm.list_name_plugin():
+            percent = self.config.plugin_settings(name).rollout
+            if plugin is not None and percent < 100:
+                shares[plugin] = (name, percent)
+        return shares
+
+    # ------------------------------------------------------------ introspection
+
+    @property
+    def plugin_manager(self) -> _plugins.PluginManager:
+        """The plugin manager (read-only use: introspection and tests)."""
+        return self._pm
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        """Every available channel, by name."""
+        return {name: binding.channel for name, binding in self._channels.items()}
+
+    def channel_info(self, channel: str) -> Channel | None:
+        """The declaration of ``channel``, or ``None`` when no plugin provides it."""
+        binding = self._channels.get(channel)
+        return binding.channel if binding else None
+
+    def channel_owner(self, channel: str) -> str | None:
+        """The name of the plugin that owns ``channel``."""
+        binding = self._channels.get(channel)
+        return binding.plugin_name if binding else None
+
+    def plugin_config(self, cls: type[T]) -> T:
+        """The structured configuration of the plugin that declared ``cls`` in ``register_config``."""
+        try:
+            config: T = self._plugin_configs[cls]
+        except KeyError:
+            raise PluginError(cls.__name__, "this class was not declared by register_config") from None
+        return config
+
+    def plugins(self) -> list[PluginInfo]:
+        """Describe the registered plugins (and those that failed to load)."""
+        owned: dict[str, list[str]] = {}
+        for name, binding in self._channels.items():
+            owned.setdefault(binding.plugin_name, []).append(name)
+        return _plugins.plugin_infos(self._pm, owned)
+
+    def describe_config(self) -> dict[str, Any]:
+        """The effective configuration as plain data, every secret redacted."""
+        data: dict[str, Any] = self.converter.unstructure(self.config)
+        sections: dict[str, Any] = data["plugins"]
+        for plugin_name, cls in self._config_classes.items():
+            section = sections.setdefault(plugin_name, {"enabled": True, "rollout": 100.0})
+            section.update(self.converter.unstructure(self._plugin_configs[cls]))
+        # Sections of disabled plugins were never checked against a class: redact by name.
+        for section in sections.values():
+            for key, value in section.items():
+                if value is not None and any(word in key.lower() for word in _SECRET_WORDS):
+                    section[key] = REDACTED
+        return data
+
+    @property
+    def bus(self) -> CommandBus:
+        """The command bus, with the built-in and the plugins' command handlers."""
+        if self._bus is None:
+            from .commands import CommandBus
+
+            self._bus = CommandBus(self)
+        return self._bus
+
+    def command_handlers(self) -> dict[type, Any]:
+        """Command class -> handler, from every ``register_command_handlers``."""
+        handlers: dict[type, Any] = {}
+        for plugin_name, contributed in _plugins.call_each(
+            self._pm, "register_command_handlers", service=self
+        ):
+            for command_type, handler in (contributed or {}).items():
+                if command_type in handlers:
+                    raise PluginError(
+                        plugin_name, f"a handler for {command_type.__name__} is already registered"
+                    )
+                handlers[command_type] = handler
+        return handlers
+
+    def routes(self) -> list[Route]:
+        """Every web route the plugins contribute."""
+        routes: list[Route] = []
+        seen: dict[tuple[str, str], str] = {}
+        for plugin_name, contributed in _plugins.call_each(
+            self._pm, "register_routes", service=self
+        ):
+            for route in contributed or ():
+                if not isinstance(route, Route):
+                    raise PluginError(plugin_name, f"register_routes must return Route objects, got {route!r}")
+                key = (route.method, route.path)
+                if key in seen:
+                    raise PluginError(
+                        plugin_name, f"route {route.method} {route.path} is already added by {seen[key]!r}"
+                    )
+                seen[key] = plugin_name
+                routes.append(route)
+        return routes
+
+    # ------------------------------------------------------------ life cycle
+
+    @property
+    def started(self) -> bool:
+        """Whether the service is running."""
+        return self._state == "started"
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The shared HTTP session; plugins never create their own."""
+        if self._http is None:
+            raise ServiceStateError(
+                "the service is not started: use 'async with OmniChannelService(...)' "
+                "or 'await service.start()'"
+            )
+        return self._http
+
+    async def start(self) -> None:
+        """Open the HTTP session and start every plugin (``startup`` hooks)."""
+        if self._state == "started":
+            return
+        if self._state == "stopped":
+            raise ServiceStateError("a stopped service cannot be started again; create a new one")
+        http = self.config.http
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=http.timeout_s, connect=http.connect_timeout_s),
+            connector=aiohttp.TCPConnector(limit=http.max_connections),
+        )
+        for impl in _plugins.hook_impls(self._pm, "startup"):
+            try:
+                await _await_maybe(_plugins.call_impl(impl, {"service": self}))
+            except Exception as exc:
+                await self._shutdown_plugins()
+                await self._close_http()
+                self._state = "stopped"
+                raise PluginError(impl.plugin_name, f"startup failed: {exc!r}") from exc
+            self._started_plugins.append(impl)
+        self._state = "started"
+        await self.emit(ServiceStarted(occurred_at=self.clock.now()))
+
+    async def stop(self) -> None:
+        """Stop the plugins (``shutdown`` hooks, reverse order) and close the HTTP session."""
+        if self._state != "started":
+            return
+        await self.emit(ServiceStopping(occurred_at=self.clock.now()))
+        self._state = "stopped"
+        await self._shutdown_plugins()
+        await self._close_http()
+        if self._undo_trace is not None:
+            self._undo_trace()
+
+    async def _shutdown_plugins(self) -> None:
+        started = {impl.plugin for impl in self._started_plugins}
+        have_startup = {impl.plugin for impl in _plugins.hook_impls(self._pm, "startup")}
+        for impl in reversed(_plugins.hook_impls(self._pm, "shutdown")):
+            if impl.plugin in have_startup and impl.plugin not in started:
+                continue  # its start-up never ran: nothing to close
+            try:
+                await _await_maybe(_plugins.call_impl(impl, {"service": self}))
+            except Exception:
+                log.exception("plugin %r failed to shut down", impl.plugin_name)
+        self._started_plugins.clear()
+
+    async def _close_http(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ events
+
+    async def emit(self, event: Event) -> None:
+        """Dispatch ``event`` to every ``on_event`` listener, each isolated from the others."""
+        self.event_stats.dispatched[type(event).__name__] += 1
+        for impl in _plugins.hook_impls(self._pm, "on_event"):
+            try:
+                await _await_maybe(_plugins.call_impl(impl, {"event": event, "service": self}))
+            except Exception as exc:
+                self.event_stats.listener_failures[impl.plugin_name] += 1
+                log.exception(
+                    "listener of plugin %r failed on %s", impl.plugin_name, type(event).__name__
+                )
+                if not isinstance(event, ListenerFailed):
+                    await self.emit(
+                        ListenerFailed(
+                            type(event).__name__,
+                            impl.plugin_name,
+                            ErrorInfo.from_exception(exc),
+                            occurred_at=self.clock.now(),
+                        )
+                    )
+
+    # ------------------------------------------------------------ sending
+
+    def _caller(self, hook: str, remove: frozenset[object]) -> pluggy.HookCaller:
+        caller = self._callers.get((hook, remove))
+        if caller is None:
+            caller = (
+                self._pm.subset_hook_caller(hook, remove) if remove else getattr(self._pm.hook, hook)
+            )
+            self._callers[(hook, remove)] = caller
+        return caller
+
+    def _excluded(self, recipient: str) -> frozenset[object]:
+        """Plugins whose rollout does not include ``recipient``."""
+        if not self._rollouts:
+            return _NO_PLUGINS
+        return frozenset(
+            plugin
+            for plugin, (name, percent) in self._rollouts.items()
+            if not _plugins.in_rollout(percent, name, recipient)
+        )
+
+    def _route(self, message: Message) -> tuple[str, ...]:
+        if message.channel is not None:
+            return (message.channel,)
+        return message.route or self.config.default_route
+
+    async def send(self, message: Message) -> Receipt:
+        """Deliver ``message`` on its channel (or the first channel of its route that works).
+
+        :return: the receipt of the accepted message.
+        :raises MessageValidationError: listing every problem, before anything is sent.
+        :raises UnknownChannelError: when no enabled plugin provides the channel.
+        :raises DeliveryError: when every channel of the route failed (the last error).
+
+        Every outcome is also an event: ``MessageSent`` (and ``TemplateUsed``) or
+        ``DeliveryFailed``, whose receipt says why. A cancelled send reports
+        ``DeliveryFailed`` and re-raises ``CancelledError``.
+        """
+        if self._state != "started":
+            self.http  # noqa: B018 - raises the explanatory ServiceStateError
+        started_at = self.clock.now()
+        route = self._route(message)
+        attempted = False
+        try:
+            if not route:
+                raise MessageValidationError(
+                    ["channel: the message names no channel or route and no default_route is configured"],
+                    message_id=message.id,
+                )
+            excluded = self._excluded(message.recipient)
+            problems: list[str] = []
+            failure: OmniChannelError | None = None
+            for channel in route:
+                binding = self._channels.get(channel)
+                if binding is None or binding.plugin in excluded:
+                    failure = failure or UnknownChannelError(channel, available=self._channels)
+                    continue
+                remove = (self._channel_plugins - {binding.plugin}) | excluded
+                found = [
+                    problem
+                    for result in self._caller("validate", remove)(
+                        message=message, channel=channel, service=self
+                    )
+                    if result
+                    for problem in result
+                ]
+                if found:
+                    problems += [f"[{channel}] {p}" for p in found] if len(route) > 1 else found
+                    continue
+                attempted = True
+                try:
+                    return await self._deliver(message, channel, binding, remove, started_at)
+                except DeliveryError as exc:
+                    failure = exc
+            if isinstance(failure, DeliveryError):
+                raise failure
+            if problems:
+                raise MessageValidationError(problems, message_id=message.id)
+            assert failure is not None
+            raise failure
+        except DeliveryError:
+            raise  # _deliver reported it
+        except OmniChannelError as exc:
+            await self._report_failure(message, route[0] if route else "", exc, started_at, 0)
+            raise
+        except asyncio.CancelledError as exc:
+            certainty = Certainty.UNKNOWN if attempted else Certainty.NOT_SENT
+            error = DeliveryError("the send was cancelled", certainty=certainty)
+            await self._report_failure(message, route[0] if route else "", error, started_at, 0)
+            raise exc
+
+    async def _deliver(
+        self,
+        message: Message,
+        channel: str,
+        binding: _Binding,
+        remove: frozenset[object],
+        started_at: Any,
+    ) -> Receipt:
+        kwargs = {"message": message, "channel": channel, "service": self}
+        payload = self._caller("build", remove)(**kwargs)
+        if payload is None:
+            raise PluginError(binding.plugin_name, f"build returned nothing for channel {channel!r}")
+        sender = self._caller("send", remove)(payload=payload, **kwargs)
+        if sender is None:
+            raise UnknownChannelError(channel, available=self._channels)
+        counter = AttemptCounter()
+        token = ATTEMPTS.set(counter)
+        try:
+            receipt = await sender()
+            if not isinstance(receipt, Receipt):
+                raise PluginError(binding.plugin_name, f"the sender returned {receipt!r}, not a Receipt")
+            if receipt.status is DeliveryStatus.FAILED:
+                detail = receipt.error.detail if receipt.error else "the channel reported a failure"
+                raise DeliveryError(detail, channel=channel)
+        except DeliveryError as exc:
+            await self._report_failure(message, channel, exc, started_at, counter.count)
+            raise
+        except (OmniChannelError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("channel %r raised an untranslated error", channel)
+            error = DeliveryError(
+                f"unexpected error from channel {channel!r}: {exc!r}", certainty=Certainty.UNKNOWN
+            )
+            await self._report_failure(message, channel, error, started_at, counter.count)
+            raise error from exc
+        finally:
+            ATTEMPTS.reset(token)
+        finished_at = self.clock.now()
+        receipt = attrs.evolve(
+            receipt,
+            message_id=message.id,
+            channel=channel,
+            attempts=counter.count,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+        await self.emit(MessageSent(message, receipt, occurred_at=finished_at))
+        if isinstance(message.content, Template):
+            await self.emit(
+                TemplateUsed(message, channel, message.content, occurred_at=finished_at)
+            )
+        return receipt
+
+    async def _report_failure(
+        self,
+        message: Message,
+        channel: str,
+        error: OmniChannelError,
+        started_at: Any,
+        attempts: int,
+    ) -> Receipt:
+        if isinstance(error, DeliveryError):
+            error.channel = error.channel or channel
+            error.message_id = error.message_id or message.id
+        finished_at = self.clock.now()
+        receipt = Receipt(
+            message_id=message.id,
+            channel=channel,
+            status=DeliveryStatus.FAILED,
+            attempts=attempts,
+            started_at=started_at,
+            finished_at=finished_at,
+            error=ErrorInfo.from_exception(error),
+        )
+        error.receipt = receipt  # type: ignore[attr-defined]
+        await self.emit(DeliveryFailed(message, receipt, occurred_at=finished_at))
+        return receipt
+
+    async def send_many(
+        self, messages: Iterable[Message], *, concurrency: int | None = None
+    ) -> list[Receipt]:
+        """Send every message, at most ``concurrency`` at a time; never raises for one message.
+
+        :return: one receipt per message, in input order; a failed message has a
+            receipt with status ``failed`` and its ``error``.
+        """
+        batch = list(messages)
+        limit = concurrency or self.config.send_concurrency
+        if limit < 1:
+            raise ValueError(f"concurrency must be >= 1, got {limit}")
+        results: list[Receipt | None] = [None] * len(batch)
+        indexes = iter(range(len(batch)))
+
+        async def worker() -> None:
+            for i in indexes:
+                results[i] = await self._send_capturing(batch[i])
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(limit, len(batch))):
+                group.create_task(worker())
+        return [r for r in results if r is not None]
+
+    async def _send_capturing(self, message: Message) -> Receipt:
+        try:
+            return await self.send(message)
+        except Exception as exc:
+            receipt = getattr(exc, "receipt", None)
+            if isinstance(receipt, Receipt):
+                return receipt
+            if not isinstance(exc, OmniChannelError):
+                log.exception("unexpected error sending message %s", message.id)
+            route = self._route(message)
+            error = exc if isinstance(exc, OmniChannelError) else OmniChannelError(repr(exc))
+            return await self._report_failure(
+                message, route[0] if route else "", error, self.clock.now(), 0
+            )
+
+
+async def _await_maybe(value: object) -> None:
+    if inspect.isawaitable(value):
+        await value
