@@ -59,11 +59,8 @@ def _content_problems(message: Message) -> Iterator[str]:
             yield "content.body: must not be empty"
     elif isinstance(content, Template):
         yield from _template_problems(content)
-    elif isinstance(content, Media):
-        if (content.url is None) == (content.media_id is None):
-            yield "content: give exactly one of url or media_id"
-    else:
-        yield f"content: unsupported content type {type(content).__name__}"
+    elif (content.url is None) == (content.media_id is None):
+        yield "content: give exactly one of url or media_id"
 
 
 @hookimpl

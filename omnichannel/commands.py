@@ -23,7 +23,15 @@ import attrs
 import cattrs
 
 from .errors import CommandError, UnknownCommandError
-from .message import Content, DeliveryStatus, Message, Receipt, _frozen_mapping, new_message_id
+from .message import (
+    Content,
+    DeliveryStatus,
+    Message,
+    Receipt,
+    _frozen_mapping,
+    _str_tuple,
+    new_message_id,
+)
 from .serde import format_errors
 
 if TYPE_CHECKING:
@@ -63,15 +71,13 @@ class SendBulk:
     so running the same command twice cannot send twice where keys are checked.
     """
 
-    recipients: tuple[str, ...] = attrs.field(converter=tuple)
+    recipients: tuple[str, ...] = attrs.field(converter=_str_tuple)
     content: Content
     channel: str | None = None
-    route: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    route: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     campaign_id: str = attrs.field(factory=new_message_id)
     concurrency: int | None = None
-    metadata: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_frozen_mapping, hash=False
-    )
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
 
     def messages(self) -> list[Message]:
         """One message per recipient, in order."""

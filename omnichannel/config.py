@@ -52,17 +52,17 @@ _NOT_SETTINGS = frozenset({"CONFIG"})
 T = TypeVar("T")
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise InvalidField(attribute.name, f"must be > 0, got {value}")
 
 
-def _percent(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _percent(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0 <= value <= 100:
         raise InvalidField(attribute.name, f"must be between 0 and 100, got {value}")
 
 
-def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise InvalidField(attribute.name, f"must be between 0 and 65535, got {value}")
 
@@ -150,9 +150,7 @@ def _unstructure_plugin_settings(value: PluginSettings) -> dict[str, Any]:
 def register_config_hooks(converter: cattrs.Converter) -> cattrs.Converter:
     """Teach ``converter`` the flat layout of ``[plugins.<name>]`` sections."""
     generic_keys = ("enabled", "rollout")
-    structure_generic = make_dict_structure_fn(
-        PluginSettings, converter, _cattrs_forbid_extra_keys=True
-    )
+    structure_generic = make_dict_structure_fn(PluginSettings, converter, _cattrs_forbid_extra_keys=True)
 
     def structure(value: object, _: type) -> PluginSettings:
         if not isinstance(value, Mapping):

@@ -19,7 +19,7 @@ ever appears in it.
     │   │   └── CircuitOpenError              the sender's circuit breaker refused the attempt
     │   ├── PermanentDeliveryError            will fail again unchanged (bad recipient, bad template)
     │   └── SenderUnavailableError            the sender cannot send at all (token, permission, account)
-    └── WebhookError                          .status: inbound request rejected (400 payload, 401/403 signature)
+    └── WebhookError                          .status: inbound request rejected (400 payload, 401/403 auth)
 
 Channel plugins translate their transport and provider errors into the
 ``DeliveryError`` branch (``raise ... from exc``); middleware such as retry and

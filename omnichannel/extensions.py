@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
@@ -32,6 +32,10 @@ def _check_channel_name(_: object, attribute: attrs.Attribute[str], value: str) 
         )
 
 
+def _str_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset((value,) if isinstance(value, str) else value)
+
+
 @attrs.frozen
 class Channel:
     """A channel a plugin owns, declared through ``register_channels``.
@@ -43,10 +47,12 @@ class Channel:
     """
 
     name: str = attrs.field(validator=_check_channel_name)
-    capabilities: frozenset[str] = attrs.field(
-        default=frozenset({"text"}), converter=frozenset
-    )
+    capabilities: frozenset[str] = attrs.field(default=frozenset({"text"}), converter=_str_set)
     description: str = ""
+
+
+def _upper(value: str) -> str:
+    return value.upper()
 
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*"})
@@ -69,7 +75,7 @@ class Route:
     Channel webhooks conventionally live under ``/webhooks/<channel>``.
     """
 
-    method: str = attrs.field(converter=str.upper, validator=_check_method)
+    method: str = attrs.field(converter=_upper, validator=_check_method)
     path: str = attrs.field(validator=_check_path)
     handler: Handler = attrs.field(eq=False)
     name: str | None = None

@@ -52,9 +52,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def validate(
-    message: Message, channel: str, service: OmniChannelService
-) -> Iterable[str] | None:
+def validate(message: Message, channel: str, service: OmniChannelService) -> Iterable[str] | None:
     """Check ``message`` before it is built for ``channel``; return the problems found.
 
     :param message: the message about to be sent.
@@ -91,9 +89,7 @@ def build(message: Message, channel: str, service: OmniChannelService) -> Any | 
 
 
 @hookspec(firstresult=True)
-def send(
-    payload: Any, message: Message, channel: str, service: OmniChannelService
-) -> Sender | None:
+def send(payload: Any, message: Message, channel: str, service: OmniChannelService) -> Sender | None:
     """Return a *sender* for ``payload``: a zero-argument ``async def`` that performs one
     delivery attempt and returns a ``Receipt``.
 

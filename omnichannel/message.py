@@ -14,17 +14,14 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
 import attrs
 
-from .errors import DeliveryError
-
-if TYPE_CHECKING:
-    from .errors import Certainty, ErrorScope
+from .errors import Certainty, DeliveryError, ErrorScope
 
 __all__ = [
     "ButtonType",
@@ -55,6 +52,14 @@ def new_message_id() -> str:
 
 def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
+
+
+def _stripped(value: str) -> str:
+    return value.strip()
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 class MediaKind(enum.StrEnum):
@@ -125,12 +130,15 @@ def _params(value: Sequence[Param | str] | Mapping[str, Param | str]) -> tuple[P
     """Normalise positional lists and name->value mappings into a tuple of parameters."""
     if isinstance(value, Mapping):
         return tuple(
-            TextParam(v, name=k) if isinstance(v, str) else attrs.evolve(v, name=k)
-            for k, v in value.items()
+            TextParam(v, name=k) if isinstance(v, str) else attrs.evolve(v, name=k) for k, v in value.items()
         )
     if isinstance(value, str):
         return (TextParam(value),)
     return tuple(TextParam(v) if isinstance(v, str) else v for v in value)
+
+
+def _buttons(value: Iterable[TemplateButton]) -> tuple[TemplateButton, ...]:
+    return tuple(value)
 
 
 class ButtonType(enum.StrEnum):
@@ -173,7 +181,7 @@ class Template:
     language: str = "en_US"
     header: tuple[Param, ...] = attrs.field(default=(), converter=_params)
     body: tuple[Param, ...] = attrs.field(default=(), converter=_params)
-    buttons: tuple[TemplateButton, ...] = attrs.field(default=(), converter=tuple)
+    buttons: tuple[TemplateButton, ...] = attrs.field(default=(), converter=_buttons)
 
     @property
     def uses_named_parameters(self) -> bool:
@@ -211,15 +219,13 @@ class Message:
     :param metadata: free-form string pairs carried along (never used as metric labels).
     """
 
-    recipient: str = attrs.field(converter=str.strip)
+    recipient: str = attrs.field(converter=_stripped)
     content: Content
     channel: str | None = None
-    route: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    route: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     id: str = attrs.field(factory=new_message_id)
     idempotency_key: str | None = None
-    metadata: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_frozen_mapping, hash=False
-    )
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
 
     @property
     def key(self) -> str:

@@ -19,7 +19,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -90,9 +90,7 @@ def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str | None =
 
 def _entry_points() -> Iterator[importlib.metadata.EntryPoint]:
     seen: set[str] = set()
-    for ep in sorted(
-        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-    ):
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         # The same distribution can be visible twice (e.g. an editable install and a
         # build directory on sys.path); the first one found wins, as pluggy's own loader does.
         if ep.name not in seen:
@@ -175,9 +173,7 @@ def call_impl(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
     return impl.function(*[kwargs[name] for name in impl.argnames])
 
 
-def call_each(
-    pm: pluggy.PluginManager, hook_name: str, **kwargs: Any
-) -> list[tuple[str, Any]]:
+def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
     """Call every implementation of ``hook_name``; return ``(plugin name, result)`` pairs.
 
     Unlike ``pm.hook.<name>(...)``, this tells which plugin returned what.
@@ -210,9 +206,7 @@ def in_rollout(percent: float, plugin_name: str, recipient: str) -> bool:
     return rollout_bucket(plugin_name, recipient) < percent
 
 
-def plugin_infos(
-    pm: PluginManager, channels: dict[str, list[str]] | None = None
-) -> list[PluginInfo]:
+def plugin_infos(pm: PluginManager, channels: dict[str, list[str]] | None = None) -> list[PluginInfo]:
     """Describe every registered plugin (and every one that failed to load)."""
     channels = channels or {}
     infos = []
@@ -231,25 +225,21 @@ def plugin_infos(
                 builtin=name in DEFAULT_PLUGINS,
             )
         )
-    infos.extend(
-        PluginInfo(name=err.plugin_name, hooks=(), error=err.reason) for err in pm.load_errors
-    )
+    infos.extend(PluginInfo(name=err.plugin_name, hooks=(), error=err.reason) for err in pm.load_errors)
     return infos
 
 
 def trace_hook_calls(pm: pluggy.PluginManager, logger: logging.Logger) -> Callable[[], None]:
     """Log every hook call and its outcome; return the function that stops it."""
 
-    def before(hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
-        logger.debug(
-            "hook %s -> %s", hook_name, ", ".join(i.plugin_name for i in impls) or "(none)"
-        )
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+        logger.debug("hook %s -> %s", hook_name, ", ".join(i.plugin_name for i in impls) or "(none)")
 
     def after(
         outcome: pluggy.Result[Any],
         hook_name: str,
-        impls: list[pluggy.HookImpl],
-        kwargs: dict[str, Any],
+        impls: Sequence[pluggy.HookImpl],
+        kwargs: Mapping[str, Any],
     ) -> None:
         exc = outcome.exception
         logger.debug("hook %s <- %s", hook_name, f"raised {exc!r}" if exc else "ok")

@@ -167,6 +167,11 @@ def _structure_secret(value: object, _: type) -> Secret:
     raise InvalidValue(f"expected a non-empty secret string, got {type(value).__name__}")
 
 
+def _is_mapping(tp: Any) -> bool:
+    origin: object = get_origin(tp)
+    return origin is Mapping
+
+
 def _is_str_sequence(tp: Any) -> bool:
     origin = get_origin(tp)
     if origin not in (tuple, list, frozenset, set, Sequence):
@@ -207,9 +212,7 @@ _PARAM_TAGS: dict[type, str] = {
 }
 
 
-def _register_tagged_union(
-    converter: cattrs.Converter, union: Any, tags: Mapping[type, str]
-) -> None:
+def _register_tagged_union(converter: cattrs.Converter, union: Any, tags: Mapping[type, str]) -> None:
     """(Un)structure the members of ``union`` as tables with a ``type`` key naming the member."""
     classes = {tag: cls for cls, tag in tags.items()}
     allowed = ", ".join(repr(tag) for tag in classes)
@@ -247,9 +250,7 @@ def make_converter() -> cattrs.Converter:
         converter.register_structure_hook(base, _structure_enum)
         converter.register_unstructure_hook(base, lambda member: member.value)
     # The mapping proxy of Message.metadata unstructures as a plain dict.
-    converter.register_unstructure_hook_func(
-        lambda tp: get_origin(tp) is Mapping, lambda value: dict(value)
-    )
+    converter.register_unstructure_hook_func(_is_mapping, lambda value: dict(value))
     _register_tagged_union(converter, Param, _PARAM_TAGS)
     _register_tagged_union(converter, Content, _CONTENT_TAGS)
     return converter
@@ -281,9 +282,7 @@ def format_errors(exc: BaseException, path: str = "") -> list[str]:
         with_notes, without_notes = exc.group_exceptions()
         lines: list[str] = []
         for inner, note in with_notes:
-            key = getattr(note, "name", None)
-            if key is None:
-                key = getattr(note, "index", "?")
+            key: str | int = getattr(note, "name", None) or getattr(note, "index", None) or "?"
             lines.extend(format_errors(inner, _join(path, key)))
         for inner in without_notes:
             lines.extend(format_errors(inner, path))

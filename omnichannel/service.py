@@ -128,9 +128,7 @@ class OmniChannelService:
         self._pm = plugin_manager
         for error in self._pm.load_errors:
             log.error("%s (the other plugins are loaded)", error)
-        self._undo_trace = (
-            _plugins.trace_hook_calls(self._pm, log) if self.config.trace_plugins else None
-        )
+        self._undo_trace = _plugins.trace_hook_calls(self._pm, log) if self.config.trace_plugins else None
         self._channels = self._bind_channels()
         self._channel_plugins = frozenset(b.plugin for b in self._channels.values())
         self._plugin_configs = self._load_plugin_configs(os.environ if environ is None else environ)
@@ -155,7 +153,8 @@ class OmniChannelService:
             for channel in declared or ():
                 if not isinstance(channel, Channel):
                     raise PluginError(
-                        plugin_name, f"register_channels must return Channel objects, got {channel!r}"
+                        plugin_name,
+                        f"register_channels must return Channel objects, got {channel!r}",
                     )
                 plugin = self._pm.get_plugin(plugin_name)
                 claims.setdefault(channel.name, []).append(_Binding(channel, plugin_name, plugin))
@@ -202,13 +201,12 @@ class OmniChannelService:
             key = section_name.replace("-", "_")
             if key in blocked or not section.settings:
                 continue
-            plugin_name = registered.get(key)
-            if plugin_name is None:
+            owner = registered.get(key)
+            if owner is None:
                 errors.append(f"plugins.{section_name}: no plugin named {section_name!r} is installed")
-            elif plugin_name not in declared:
+            elif owner not in declared:
                 errors.extend(
-                    f"plugins.{section_name}.{setting}: unknown key "
-                    f"(plugin {plugin_name!r} takes no settings)"
+                    f"plugins.{section_name}.{setting}: unknown key (plugin {owner!r} takes no settings)"
                     for setting in section.settings
                 )
         for plugin_name, cls in declared.items():
@@ -309,16 +307,17 @@ class OmniChannelService:
         """Every web route the plugins contribute."""
         routes: list[Route] = []
         seen: dict[tuple[str, str], str] = {}
-        for plugin_name, contributed in _plugins.call_each(
-            self._pm, "register_routes", service=self
-        ):
+        for plugin_name, contributed in _plugins.call_each(self._pm, "register_routes", service=self):
             for route in contributed or ():
                 if not isinstance(route, Route):
-                    raise PluginError(plugin_name, f"register_routes must return Route objects, got {route!r}")
+                    raise PluginError(
+                        plugin_name, f"register_routes must return Route objects, got {route!r}"
+                    )
                 key = (route.method, route.path)
                 if key in seen:
                     raise PluginError(
-                        plugin_name, f"route {route.method} {route.path} is already added by {seen[key]!r}"
+                        plugin_name,
+                        f"route {route.method} {route.path} is already added by {seen[key]!r}",
                     )
                 seen[key] = plugin_name
                 routes.append(route)
@@ -414,9 +413,7 @@ class OmniChannelService:
                 await _await_maybe(_plugins.call_impl(impl, {"event": event, "service": self}))
             except Exception as exc:
                 self.event_stats.listener_failures[impl.plugin_name] += 1
-                log.exception(
-                    "listener of plugin %r failed on %s", impl.plugin_name, type(event).__name__
-                )
+                log.exception("listener of plugin %r failed on %s", impl.plugin_name, type(event).__name__)
                 if not isinstance(event, ListenerFailed):
                     await self.emit(
                         ListenerFailed(
@@ -432,9 +429,7 @@ class OmniChannelService:
     def _caller(self, hook: str, remove: frozenset[object]) -> pluggy.HookCaller:
         caller = self._callers.get((hook, remove))
         if caller is None:
-            caller = (
-                self._pm.subset_hook_caller(hook, remove) if remove else getattr(self._pm.hook, hook)
-            )
+            caller = self._pm.subset_hook_caller(hook, remove) if remove else getattr(self._pm.hook, hook)
             self._callers[(hook, remove)] = caller
         return caller
 
@@ -567,9 +562,7 @@ class OmniChannelService:
         )
         await self.emit(MessageSent(message, receipt, occurred_at=finished_at))
         if isinstance(message.content, Template):
-            await self.emit(
-                TemplateUsed(message, channel, message.content, occurred_at=finished_at)
-            )
+            await self.emit(TemplateUsed(message, channel, message.content, occurred_at=finished_at))
         return receipt
 
     async def _report_failure(
@@ -632,9 +625,7 @@ class OmniChannelService:
                 log.exception("unexpected error sending message %s", message.id)
             route = self._route(message)
             error = exc if isinstance(exc, OmniChannelError) else OmniChannelError(repr(exc))
-            return await self._report_failure(
-                message, route[0] if route else "", error, self.clock.now(), 0
-            )
+            return await self._report_failure(message, route[0] if route else "", error, self.clock.now(), 0)
 
 
 async def _await_maybe(value: object) -> None:

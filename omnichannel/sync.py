@@ -39,8 +39,7 @@ class SyncOmniChannelService:
             pass
         else:
             raise ServiceStateError(
-                "SyncOmniChannelService cannot run inside an event loop; "
-                "use OmniChannelService and await it"
+                "SyncOmniChannelService cannot run inside an event loop; use OmniChannelService and await it"
             )
         if self._runner is None:
             self._runner = asyncio.Runner()

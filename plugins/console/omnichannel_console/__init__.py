@@ -60,9 +60,7 @@ def render(message: Message) -> str:
     if isinstance(content, Text):
         return content.body
     if isinstance(content, Template):
-        values = ", ".join(
-            f"{p.name}={_param_text(p)}" if p.name else _param_text(p) for p in content.body
-        )
+        values = ", ".join(f"{p.name}={_param_text(p)}" if p.name else _param_text(p) for p in content.body)
         return f"template {content.name} ({content.language}) [{values}]"
     if isinstance(content, Media):
         where = content.url or f"media id {content.media_id}"
