@@ -9,10 +9,8 @@ message on stderr and exit status 1; a usage error exits with 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -25,7 +23,7 @@ from .errors import ConfigError, OmniChannelError
 from .message import Content, Message, Template, Text, TextParam
 from .service import OmniChannelService
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "service_from_context"]
 
 log = logging.getLogger("omnichannel.cli")
 
@@ -54,12 +52,13 @@ class PluginGroup(click.Group):
         if self._plugin_commands_loaded:
             return
         self._plugin_commands_loaded = True
-        blocked = set(ctx.params.get("disable_plugin") or ())
-        blocked |= {n.strip() for n in os.environ.get("OMNICHANNEL_DISABLE_PLUGINS", "").split(",")}
-        # A broken configuration is reported by the command itself.
-        with contextlib.suppress(ConfigError):
-            blocked |= set(load_config(ctx.params.get("config_path")).disabled_plugins)
-        pm = _plugins.get_plugin_manager(blocked=blocked - {""})
+        state = CliState(ctx.params.get("config_path"), tuple(ctx.params.get("disable_plugin") or ()))
+        try:
+            blocked = state.config().blocked_plugins()
+        except ConfigError:
+            # The command itself reports the broken configuration; block what the flag names.
+            blocked = ServiceConfig(disabled_plugins=state.disabled).blocked_plugins()
+        pm = _plugins.get_plugin_manager(blocked=blocked)
         staging = click.Group()
         _plugins.call_each(pm, "register_commands", cli=staging)
         for name, command in staging.commands.items():
@@ -148,7 +147,7 @@ def config_check(state: CliState) -> None:
     """Validate the configuration and every plugin's section; exit 1 on problems."""
     service = state.service()
     click.echo(
-        f"configuration is valid: {len(service.plugins())} plugins, "
+        f"configuration is valid: {sum(not p.builtin for p in service.plugins())} plugins, "
         f"channels: {', '.join(sorted(service.channels)) or 'none'}"
     )
 
@@ -241,6 +240,19 @@ def serve_command(state: CliState, host: str | None, port: int | None) -> None:
     from .server import run
 
     run(state.service(), host=host, port=port)
+
+
+def service_from_context(ctx: click.Context | None = None) -> OmniChannelService:
+    """A new (not started) service built from the global options (``--config``,
+    ``--disable-plugin``); for the commands that plugins add.
+
+    :raises OmniChannelError: for a bad configuration; the CLI shows it and exits 1.
+    """
+    ctx = ctx or click.get_current_context()
+    state = ctx.find_object(CliState)
+    if state is None:
+        state = CliState(None, ())
+    return state.service()
 
 
 def main() -> None:

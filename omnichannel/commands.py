@@ -160,8 +160,15 @@ class CommandBus:
         """Make ``handler`` the handler of ``command_type`` (replacing a previous one)."""
         if not attrs.has(command_type):
             raise CommandError(f"{command_type!r} is not an attrs class; commands must be")
+        name = command_name(command_type)
+        taken = self._types.get(name)
+        if taken is not None and taken is not command_type:
+            raise CommandError(
+                f"{command_type.__module__}.{command_type.__qualname__} and "
+                f"{taken.__module__}.{taken.__qualname__} both encode as {name!r}; rename one"
+            )
         self._handlers[command_type] = handler
-        self._types[command_name(command_type)] = command_type
+        self._types[name] = command_type
 
     @property
     def command_types(self) -> Mapping[str, type]:

@@ -33,7 +33,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from .errors import ConfigError
-from .serde import EnvStr, InvalidField, InvalidValue, format_errors, make_converter
+from .serde import EnvStr, InvalidField, InvalidValue, _kind, format_errors, make_converter
 
 __all__ = [
     "HttpConfig",
@@ -134,6 +134,16 @@ class ServiceConfig:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     plugins: Mapping[str, PluginSettings] = attrs.field(factory=dict)
 
+    def blocked_plugins(self) -> frozenset[str]:
+        """Names of the plugins not to load: ``disabled_plugins`` and sections with ``enabled = false``.
+
+        Both spellings of each name are included: entry-point names are kebab-case,
+        while environment variables can only spell ``_``.
+        """
+        names = set(self.disabled_plugins)
+        names |= {name for name, section in self.plugins.items() if not section.enabled}
+        return frozenset(variant for n in names for variant in (n, n.replace("_", "-"), n.replace("-", "_")))
+
     def plugin_settings(self, name: str) -> PluginSettings:
         """The section of plugin ``name`` (``-`` and ``_`` are interchangeable), or defaults."""
         wanted = name.replace("-", "_")
@@ -154,7 +164,7 @@ def register_config_hooks(converter: cattrs.Converter) -> cattrs.Converter:
 
     def structure(value: object, _: type) -> PluginSettings:
         if not isinstance(value, Mapping):
-            raise InvalidValue(f"expected a table, got {type(value).__name__}")
+            raise InvalidValue(f"expected a table, got {_kind(value)}")
         generic = {k: v for k, v in value.items() if k in generic_keys}
         settings = {k: v for k, v in value.items() if k not in generic_keys}
         return attrs.evolve(structure_generic(generic, PluginSettings), settings=settings)
@@ -205,6 +215,11 @@ def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError([f"{name}: conflicts with another OMNICHANNEL_ variable"])
+        previous = node.get(parts[-1])
+        if isinstance(previous, EnvStr) and parts == ["disabled_plugins"]:
+            # OMNICHANNEL_DISABLE_PLUGINS and OMNICHANNEL_DISABLED_PLUGINS both count.
+            node[parts[-1]] = EnvStr(f"{previous},{environ[name]}", name)
+            continue
         node[parts[-1]] = EnvStr(environ[name], name)
         sources[".".join(parts)] = name
     return tree, sources
@@ -220,11 +235,12 @@ def _with_sources(lines: list[str], sources: Mapping[str, str]) -> list[str]:
     return out
 
 
-def _disabled(raw: Mapping[str, Any]) -> list[Any]:
+def _disabled(raw: Mapping[str, Any]) -> list[Any] | None:
+    """The names a layer disables, or ``None`` when its value is not a list (the converter says so)."""
     value = raw.get("disabled_plugins", ())
     if isinstance(value, EnvStr):
         return [EnvStr(v.strip(), value.source) for v in value.split(",") if v.strip()]
-    return list(value) if isinstance(value, list | tuple) else [value]
+    return list(value) if isinstance(value, list | tuple) else None
 
 
 def load_config(
@@ -250,10 +266,13 @@ def load_config(
 
     raw: dict[str, Any] = {}
     disabled: list[Any] = []
+    malformed = False
     for layer in layers:
-        disabled += _disabled(layer)
+        names = _disabled(layer)
+        malformed = malformed or names is None
+        disabled += names or []
         raw = _merge(raw, layer)
-    if disabled:
+    if disabled and not malformed:
         raw["disabled_plugins"] = list(dict.fromkeys(disabled))
     try:
         return _CONVERTER.structure(raw, ServiceConfig)
@@ -263,9 +282,16 @@ def load_config(
 
 
 def _env_defaults(cls: type, environ: Mapping[str, str], raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill keys absent from ``raw`` from the legacy variables their fields name."""
+    """Fill keys absent from ``raw`` from the legacy variables their fields name, in nested tables too."""
     filled = dict(raw)
     for field in attrs.fields(cls):
+        if isinstance(field.type, type) and attrs.has(field.type):
+            nested = filled.get(field.name, {})
+            if isinstance(nested, Mapping):
+                found = _env_defaults(field.type, environ, nested)
+                if found:
+                    filled[field.name] = found
+            continue
         if field.name in filled:
             continue
         for var in field.metadata.get("env", ()):

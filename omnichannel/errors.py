@@ -78,6 +78,20 @@ class ErrorScope(enum.StrEnum):
 class OmniChannelError(Exception):
     """Base class of every error raised by omnichannel and its plugins."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Our constructors take other arguments than the formatted message in
+        # ``args``, so rebuild from the attributes instead of calling __init__.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[OmniChannelError], args: tuple[object, ...], state: dict[str, object]
+) -> OmniChannelError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 def _bulleted(headline: str, lines: Iterable[str]) -> str:
     lines = list(lines)
@@ -121,9 +135,13 @@ class MessageValidationError(OmniChannelError, ValueError):
 class UnknownChannelError(OmniChannelError, LookupError):
     """Raised when no enabled plugin owns the requested channel."""
 
-    def __init__(self, channel: str, *, available: Iterable[str] = ()) -> None:
+    def __init__(self, channel: str, *, available: Iterable[str] = (), reason: str | None = None) -> None:
         self.channel = channel
         self.available = sorted(available)
+        self.reason = reason
+        if reason is not None:
+            super().__init__(f"channel {channel!r} is not available: {reason}")
+            return
         hint = f" (available: {', '.join(self.available)})" if self.available else ""
         super().__init__(f"no enabled plugin provides channel {channel!r}{hint}")
 
@@ -193,27 +211,6 @@ class DeliveryError(OmniChannelError):
             if value is not None
         ]
         return f"{self.detail} ({', '.join(context)})" if context else self.detail
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only attributes would be lost by the default exception pickling.
-        return (_rebuild_delivery_error, (type(self), self.detail, self._fields()))
-
-    def _fields(self) -> dict[str, object]:
-        return {
-            "channel": self.channel,
-            "message_id": self.message_id,
-            "code": self.code,
-            "http_status": self.http_status,
-            "certainty": self.certainty,
-            "scope": self.scope,
-            "retry_after": self.retry_after,
-        }
-
-
-def _rebuild_delivery_error(
-    cls: type[DeliveryError], detail: str, fields: dict[str, object]
-) -> DeliveryError:
-    return cls(detail, **fields)  # type: ignore[arg-type]
 
 
 class TransientDeliveryError(DeliveryError):

@@ -213,7 +213,8 @@ def register_command_handlers(
 def startup(service: OmniChannelService) -> Awaitable[None] | None:
     """Open the plugin's resources (pools, connections, caches) as the service starts.
 
-    Called after the shared HTTP session exists, in plugin registration order.
+    Called after the shared HTTP session exists, in hook call order (``tryfirst``
+    implementations first, then the most recently registered plugin first).
 
     :param service: the starting service.
     :return: ``None`` or an awaitable that is awaited. Raising aborts the start
@@ -229,7 +230,7 @@ def startup(service: OmniChannelService) -> Awaitable[None] | None:
 def shutdown(service: OmniChannelService) -> Awaitable[None] | None:
     """Close what ``startup`` opened, as the service stops.
 
-    Called in reverse order of ``startup``, before the HTTP session closes. A
+    Called in the reverse order of ``startup``, before the HTTP session closes. A
     failure is logged and does not keep other plugins from shutting down.
 
     :param service: the stopping service.

@@ -21,7 +21,14 @@ from typing import Any, get_args, get_origin
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
 
 from .message import (
     Content,
@@ -50,6 +57,9 @@ class EnvStr(str):
         self = super().__new__(cls, value)
         self.source = source
         return self
+
+    def __getnewargs__(self) -> tuple[str, str]:  # type: ignore[override]
+        return (str(self), self.source)
 
 
 @attrs.frozen(repr=False)
@@ -103,9 +113,19 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _kind(value: object) -> str:
+    if isinstance(value, EnvStr):
+        return f"str (from ${value.source})"
+    return type(value).__name__
+
+
+def _structure_optional_int_or_str(value: object, tp: Any) -> int | str | None:
+    return None if value is None else _structure_int_or_str(value, tp)
+
+
 def _structure_str(value: object, _: type) -> str:
     if isinstance(value, str):
-        return value
+        return str(value)  # a plain str, also for an EnvStr
     raise InvalidValue(f"expected a string, got {_describe(value)}")
 
 
@@ -167,11 +187,6 @@ def _structure_secret(value: object, _: type) -> Secret:
     raise InvalidValue(f"expected a non-empty secret string, got {type(value).__name__}")
 
 
-def _is_mapping(tp: Any) -> bool:
-    origin: object = get_origin(tp)
-    return origin is Mapping
-
-
 def _is_str_sequence(tp: Any) -> bool:
     origin = get_origin(tp)
     if origin not in (tuple, list, frozenset, set, Sequence):
@@ -189,9 +204,79 @@ def _str_sequence_hook(tp: Any) -> Callable[[object, Any], object]:
             return container(part.strip() for part in value.split(",") if part.strip())
         if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
             raise InvalidValue(f"expected a list of strings, got {_describe(value)}")
-        return container(_structure_str(item, str) for item in value)
+        items, problems = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(_structure_str(item, str))
+            except InvalidValue as exc:
+                exc.__notes__ = [IterableValidationNote(f"item {index}", index, str)]
+                problems.append(exc)
+        if problems:
+            raise IterableValidationError(f"While structuring {tp}", problems, tp)
+        return container(items)
 
     return structure
+
+
+def _structure_int_or_str(value: object, _: Any) -> int | str:
+    """Provider error codes: numbers (Graph) or strings (other vendors)."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidValue(f"expected an integer or a string, got {_describe(value)}")
+
+
+def _table_hook(tp: Any, converter: cattrs.Converter) -> Callable[[object, Any], object]:
+    """Structure attrs classes and mappings only from tables, with a clear error otherwise."""
+    inner = make_dict_structure_fn(tp, converter) if attrs.has(tp) else converter.gen_structure_mapping(tp)
+
+    def structure(value: object, _: Any) -> object:
+        if not isinstance(value, Mapping):
+            # The type only: a value found where a table belongs may be a misplaced secret.
+            raise InvalidValue(f"expected a table, got {_kind(value)}")
+        try:
+            return inner(value, tp)
+        except ClassValidationError as exc:
+            more = _validator_problems(converter, tp, value, exc) if attrs.has(tp) else []
+            if not more:
+                raise
+            raise ClassValidationError(exc.message, [*exc.exceptions, *more], tp) from None
+
+    return structure
+
+
+def _validator_problems(
+    converter: cattrs.Converter, tp: type, value: Mapping[str, Any], exc: ClassValidationError
+) -> list[Exception]:
+    """Run the validators of the fields that did structure, so one bad type does not hide them.
+
+    cattrs stops before ``__init__`` when any field fails, and attrs validators run in ``__init__``.
+    """
+    with_notes, without_notes = exc.group_exceptions()
+    if without_notes or not with_notes:
+        return []  # __init__ ran (and raised): the validators have spoken
+    failed = {getattr(note, "name", None) for _, note in with_notes}
+    problems: list[Exception] = []
+    for field in attrs.fields(tp):
+        if field.validator is None or field.name in failed or field.name not in value:
+            continue
+        try:
+            field.validator(None, field, converter.structure(value[field.name], field.type))
+        except InvalidField as problem:
+            found = InvalidValue(str(problem))
+        except (ValueError, TypeError):
+            continue  # a validator that needs the instance, or a value that fails to structure
+        else:
+            continue
+        found.__notes__ = [AttributeValidationNote(str(found), field.name, field.type)]
+        problems.append(found)
+    return problems
+
+
+def _is_table(tp: Any) -> bool:
+    origin: object = get_origin(tp)
+    return origin in (dict, Mapping) or (isinstance(tp, type) and attrs.has(tp))
 
 
 def _structure_enum(value: object, tp: type[enum.Enum]) -> enum.Enum:
@@ -244,13 +329,14 @@ def make_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(datetime, datetime.isoformat)
     converter.register_structure_hook(Secret, _structure_secret)
     converter.register_unstructure_hook(Secret, lambda _: REDACTED)
+    converter.register_structure_hook_factory(_is_table, _table_hook)
     converter.register_structure_hook_factory(_is_str_sequence, _str_sequence_hook)
+    converter.register_structure_hook(int | str, _structure_int_or_str)
+    converter.register_structure_hook(int | str | None, _structure_optional_int_or_str)
     # StrEnum is registered by name: otherwise the str hooks above win by MRO.
     for base in (enum.Enum, enum.StrEnum):
         converter.register_structure_hook(base, _structure_enum)
         converter.register_unstructure_hook(base, lambda member: member.value)
-    # The mapping proxy of Message.metadata unstructures as a plain dict.
-    converter.register_unstructure_hook_func(_is_mapping, lambda value: dict(value))
     _register_tagged_union(converter, Param, _PARAM_TAGS)
     _register_tagged_union(converter, Content, _CONTENT_TAGS)
     return converter
@@ -282,7 +368,8 @@ def format_errors(exc: BaseException, path: str = "") -> list[str]:
         with_notes, without_notes = exc.group_exceptions()
         lines: list[str] = []
         for inner, note in with_notes:
-            key: str | int = getattr(note, "name", None) or getattr(note, "index", None) or "?"
+            name = getattr(note, "name", None)
+            key: str | int = name if name is not None else getattr(note, "index", "?")
             lines.extend(format_errors(inner, _join(path, key)))
         for inner in without_notes:
             lines.extend(format_errors(inner, path))

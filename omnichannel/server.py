@@ -33,6 +33,9 @@ log = logging.getLogger("omnichannel.server")
 
 SERVICE_KEY = web.AppKey("omnichannel_service", OmniChannelService)
 
+RESERVED_ROUTES = (("GET", "/health", "health"), ("GET", "/ready", "ready"))
+"""The server's own routes (method, path, name), which plugins cannot take."""
+
 
 def error_response(status: int, kind: str, message: str, **extra: Any) -> web.Response:
     """The JSON error answer: ``{"error": {"type": ..., "message": ..., ...}}``."""
@@ -58,7 +61,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason, exc.text or exc.reason)
+        response = error_response(exc.status, exc.reason, exc.text or exc.reason)
+        if "Allow" in exc.headers:  # a 405 must say which methods are allowed
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except OmniChannelError as exc:
         status = _status_of(exc)
         if status >= 500:
@@ -94,7 +100,7 @@ def make_app(service: OmniChannelService, *, manage_service: bool = True) -> web
     app[SERVICE_KEY] = service
     app.router.add_get("/health", _health, name="health")
     app.router.add_get("/ready", _ready, name="ready")
-    for route in service.routes():
+    for route in service.routes(reserved=RESERVED_ROUTES):
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
     if manage_service:
 

@@ -20,6 +20,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -76,6 +77,15 @@ class _Binding:
 
 
 @attrs.define
+class _Progress:
+    """How far one send got: what to report if it is cancelled or a hook breaks."""
+
+    channel: str
+    stage: str = "route"
+    attempts: AttemptCounter = attrs.field(factory=AttemptCounter)
+
+
+@attrs.define
 class EventStats:
     """Counters of event dispatch, for metrics and health checks."""
 
@@ -117,7 +127,7 @@ class OmniChannelService:
         if plugin_manager is None:
             plugin_manager = _plugins.get_plugin_manager(
                 load_entrypoints=load_entrypoints,
-                blocked=self._blocked_names(),
+                blocked=self.config.blocked_plugins(),
                 plugins=plugins,
                 strict=self.config.strict_plugins,
             )
@@ -130,7 +140,6 @@ class OmniChannelService:
             log.error("%s (the other plugins are loaded)", error)
         self._undo_trace = _plugins.trace_hook_calls(self._pm, log) if self.config.trace_plugins else None
         self._channels = self._bind_channels()
-        self._channel_plugins = frozenset(b.plugin for b in self._channels.values())
         self._plugin_configs = self._load_plugin_configs(os.environ if environ is None else environ)
         self._rollouts = self._rollout_shares()
         self._callers: dict[tuple[str, frozenset[object]], pluggy.HookCaller] = {}
@@ -138,14 +147,10 @@ class OmniChannelService:
         self._started_plugins: list[pluggy.HookImpl] = []
         self._state = "new"
         self._bus: CommandBus | None = None
+        self.state: dict[str, Any] = {}
+        """Room for plugins' per-service objects (clients, caches), keyed by plugin name."""
 
     # ------------------------------------------------------------ set-up
-
-    def _blocked_names(self) -> set[str]:
-        names = set(self.config.disabled_plugins)
-        names |= {name for name, section in self.config.plugins.items() if not section.enabled}
-        # Entry-point names are kebab-case; environment variables can only spell '_'.
-        return names | {n.replace("_", "-") for n in names} | {n.replace("-", "_") for n in names}
 
     def _bind_channels(self) -> dict[str, _Binding]:
         claims: dict[str, list[_Binding]] = {}
@@ -158,6 +163,9 @@ class OmniChannelService:
                     )
                 plugin = self._pm.get_plugin(plugin_name)
                 claims.setdefault(channel.name, []).append(_Binding(channel, plugin_name, plugin))
+        # Every plugin that declares a channel is kept out of the pipeline of the
+        # channels it does not own, including the losers of a configured choice.
+        self._channel_plugins = frozenset(c.plugin for cs in claims.values() for c in cs)
         bindings: dict[str, _Binding] = {}
         errors: list[str] = []
         for name, claimants in sorted(claims.items()):
@@ -182,6 +190,10 @@ class OmniChannelService:
                 bindings[name] = claimants[0]
         if errors:
             raise ConfigError(errors)
+        for name in sorted(set(self.config.channels) - set(claims)):
+            log.warning(
+                "channels.%s: no enabled plugin provides channel %r; the setting is unused", name, name
+            )
         return bindings
 
     def _load_plugin_configs(self, environ: Mapping[str, str]) -> dict[type, Any]:
@@ -196,7 +208,7 @@ class OmniChannelService:
         errors: list[str] = []
         configs: dict[type, Any] = {}
         registered = {name.replace("-", "_"): name for name, _ in self._pm.list_name_plugin()}
-        blocked = {name.replace("-", "_") for name in self._blocked_names()}
+        blocked = {name.replace("-", "_") for name in self.config.blocked_plugins()}
         for section_name, section in self.config.plugins.items():
             key = section_name.replace("-", "_")
             if key in blocked or not section.settings:
@@ -275,9 +287,7 @@ class OmniChannelService:
             section.update(self.converter.unstructure(self._plugin_configs[cls]))
         # Sections of disabled plugins were never checked against a class: redact by name.
         for section in sections.values():
-            for key, value in section.items():
-                if value is not None and any(word in key.lower() for word in _SECRET_WORDS):
-                    section[key] = REDACTED
+            _redact_by_name(section)
         return data
 
     @property
@@ -303,10 +313,15 @@ class OmniChannelService:
                 handlers[command_type] = handler
         return handlers
 
-    def routes(self) -> list[Route]:
-        """Every web route the plugins contribute."""
+    def routes(self, *, reserved: Iterable[tuple[str, str, str]] = ()) -> list[Route]:
+        """Every web route the plugins contribute.
+
+        :param reserved: (method, path, name) of routes the server keeps for itself.
+        :raises PluginError: for a route or route name that is already taken.
+        """
         routes: list[Route] = []
-        seen: dict[tuple[str, str], str] = {}
+        seen: dict[tuple[str, str], str] = {(m, p): "omnichannel" for m, p, _ in reserved}
+        names: dict[str, str] = {n: "omnichannel" for _, _, n in reserved}
         for plugin_name, contributed in _plugins.call_each(self._pm, "register_routes", service=self):
             for route in contributed or ():
                 if not isinstance(route, Route):
@@ -319,7 +334,13 @@ class OmniChannelService:
                         plugin_name,
                         f"route {route.method} {route.path} is already added by {seen[key]!r}",
                     )
+                if route.name is not None and route.name in names:
+                    raise PluginError(
+                        plugin_name, f"route name {route.name!r} is already used by {names[route.name]!r}"
+                    )
                 seen[key] = plugin_name
+                if route.name is not None:
+                    names[route.name] = plugin_name
                 routes.append(route)
         return routes
 
@@ -408,21 +429,25 @@ class OmniChannelService:
     async def emit(self, event: Event) -> None:
         """Dispatch ``event`` to every ``on_event`` listener, each isolated from the others."""
         self.event_stats.dispatched[type(event).__name__] += 1
+        failures: list[ListenerFailed] = []
         for impl in _plugins.hook_impls(self._pm, "on_event"):
             try:
                 await _await_maybe(_plugins.call_impl(impl, {"event": event, "service": self}))
             except Exception as exc:
                 self.event_stats.listener_failures[impl.plugin_name] += 1
                 log.exception("listener of plugin %r failed on %s", impl.plugin_name, type(event).__name__)
-                if not isinstance(event, ListenerFailed):
-                    await self.emit(
-                        ListenerFailed(
-                            type(event).__name__,
-                            impl.plugin_name,
-                            ErrorInfo.from_exception(exc),
-                            occurred_at=self.clock.now(),
-                        )
+                failures.append(
+                    ListenerFailed(
+                        type(event).__name__,
+                        impl.plugin_name,
+                        ErrorInfo.from_exception(exc),
+                        occurred_at=self.clock.now(),
                     )
+                )
+        # Reported after every listener saw the event; a failure to handle ListenerFailed is not reported.
+        if not isinstance(event, ListenerFailed):
+            for failure in failures:
+                await self.emit(failure)
 
     # ------------------------------------------------------------ sending
 
@@ -455,63 +480,89 @@ class OmniChannelService:
         :raises MessageValidationError: listing every problem, before anything is sent.
         :raises UnknownChannelError: when no enabled plugin provides the channel.
         :raises DeliveryError: when every channel of the route failed (the last error).
+        :raises PluginError: when a plugin's hook raised something other than our errors.
 
         Every outcome is also an event: ``MessageSent`` (and ``TemplateUsed``) or
         ``DeliveryFailed``, whose receipt says why. A cancelled send reports
-        ``DeliveryFailed`` and re-raises ``CancelledError``.
+        ``DeliveryFailed`` (certainty ``unknown`` once the channel was called) and
+        re-raises ``CancelledError``.
         """
         if self._state != "started":
             self.http  # noqa: B018 - raises the explanatory ServiceStateError
         started_at = self.clock.now()
         route = self._route(message)
-        attempted = False
+        progress = _Progress(route[0] if route else "")
         try:
-            if not route:
-                raise MessageValidationError(
-                    ["channel: the message names no channel or route and no default_route is configured"],
-                    message_id=message.id,
-                )
-            excluded = self._excluded(message.recipient)
-            problems: list[str] = []
-            failure: OmniChannelError | None = None
-            for channel in route:
-                binding = self._channels.get(channel)
-                if binding is None or binding.plugin in excluded:
-                    failure = failure or UnknownChannelError(channel, available=self._channels)
-                    continue
-                remove = (self._channel_plugins - {binding.plugin}) | excluded
-                found = [
-                    problem
-                    for result in self._caller("validate", remove)(
-                        message=message, channel=channel, service=self
-                    )
-                    if result
-                    for problem in result
-                ]
-                if found:
-                    problems += [f"[{channel}] {p}" for p in found] if len(route) > 1 else found
-                    continue
-                attempted = True
-                try:
-                    return await self._deliver(message, channel, binding, remove, started_at)
-                except DeliveryError as exc:
-                    failure = exc
-            if isinstance(failure, DeliveryError):
-                raise failure
-            if problems:
-                raise MessageValidationError(problems, message_id=message.id)
+            return await self._send_on_route(message, route, started_at, progress)
+        except DeliveryError:
+            raise  # _deliver reported it, for its channel
+        except OmniChannelError as exc:
+            await self._report_failure(message, progress.channel, exc, started_at, 0)
+            raise
+        except asyncio.CancelledError:
+            attempts = progress.attempts.count
+            certainty = Certainty.UNKNOWN if attempts else Certainty.NOT_SENT
+            error = DeliveryError("the send was cancelled", certainty=certainty)
+            await self._report_failure(message, progress.channel, error, started_at, attempts)
+            raise
+        except Exception as exc:
+            culprit = self._culprit(exc, progress.stage)
+            log.exception("the %s hook of plugin %r raised", progress.stage, culprit)
+            plugin_error = PluginError(culprit, f"its {progress.stage} hook raised {exc!r}")
+            await self._report_failure(message, progress.channel, plugin_error, started_at, 0)
+            raise plugin_error from exc
+
+    async def _send_on_route(
+        self, message: Message, route: tuple[str, ...], started_at: datetime, progress: _Progress
+    ) -> Receipt:
+        if not route:
+            raise MessageValidationError(
+                ["channel: the message names no channel or route and no default_route is configured"],
+                message_id=message.id,
+            )
+        excluded = self._excluded(message.recipient)
+        problems: list[str] = []
+        failure: OmniChannelError | None = None
+        for channel in route:
+            progress.channel = channel
+            binding = self._channels.get(channel)
+            if binding is None:
+                failure = failure or UnknownChannelError(channel, available=self._channels)
+                continue
+            if binding.plugin in excluded:
+                name, percent = self._rollouts[binding.plugin]
+                reason = f"plugin {name!r} is rolled out to {percent:g} % of recipients, not this one"
+                failure = failure or UnknownChannelError(channel, reason=reason)
+                continue
+            remove = (self._channel_plugins - {binding.plugin}) | excluded
+            progress.stage = "validate"
+            found = [
+                problem
+                for result in self._caller("validate", remove)(message=message, channel=channel, service=self)
+                if result
+                for problem in result
+            ]
+            if found:
+                problems += [f"[{channel}] {p}" for p in found] if len(route) > 1 else found
+                continue
+            try:
+                return await self._deliver(message, channel, binding, remove, started_at, progress)
+            except DeliveryError as exc:
+                failure = exc
+        if isinstance(failure, DeliveryError) or not problems:
             assert failure is not None
             raise failure
-        except DeliveryError:
-            raise  # _deliver reported it
-        except OmniChannelError as exc:
-            await self._report_failure(message, route[0] if route else "", exc, started_at, 0)
-            raise
-        except asyncio.CancelledError as exc:
-            certainty = Certainty.UNKNOWN if attempted else Certainty.NOT_SENT
-            error = DeliveryError("the send was cancelled", certainty=certainty)
-            await self._report_failure(message, route[0] if route else "", error, started_at, 0)
-            raise exc
+        raise MessageValidationError(problems, message_id=message.id)
+
+    def _culprit(self, exc: BaseException, hook: str) -> str:
+        """The name of the plugin whose ``hook`` implementation raised ``exc``."""
+        codes = {impl.function.__code__: impl.plugin_name for impl in _plugins.hook_impls(self._pm, hook)}
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code in codes:
+                return codes[tb.tb_frame.f_code]
+            tb = tb.tb_next
+        return "unknown"
 
     async def _deliver(
         self,
@@ -519,16 +570,19 @@ class OmniChannelService:
         channel: str,
         binding: _Binding,
         remove: frozenset[object],
-        started_at: Any,
+        started_at: datetime,
+        progress: _Progress,
     ) -> Receipt:
         kwargs = {"message": message, "channel": channel, "service": self}
+        progress.stage = "build"
         payload = self._caller("build", remove)(**kwargs)
         if payload is None:
             raise PluginError(binding.plugin_name, f"build returned nothing for channel {channel!r}")
+        progress.stage = "send"
         sender = self._caller("send", remove)(payload=payload, **kwargs)
         if sender is None:
             raise UnknownChannelError(channel, available=self._channels)
-        counter = AttemptCounter()
+        counter = progress.attempts = AttemptCounter()
         token = ATTEMPTS.set(counter)
         try:
             receipt = await sender()
@@ -570,7 +624,7 @@ class OmniChannelService:
         message: Message,
         channel: str,
         error: OmniChannelError,
-        started_at: Any,
+        started_at: datetime,
         attempts: int,
     ) -> Receipt:
         if isinstance(error, DeliveryError):
@@ -599,7 +653,7 @@ class OmniChannelService:
             receipt with status ``failed`` and its ``error``.
         """
         batch = list(messages)
-        limit = concurrency or self.config.send_concurrency
+        limit = self.config.send_concurrency if concurrency is None else concurrency
         if limit < 1:
             raise ValueError(f"concurrency must be >= 1, got {limit}")
         results: list[Receipt | None] = [None] * len(batch)
@@ -626,6 +680,14 @@ class OmniChannelService:
             route = self._route(message)
             error = exc if isinstance(exc, OmniChannelError) else OmniChannelError(repr(exc))
             return await self._report_failure(message, route[0] if route else "", error, self.clock.now(), 0)
+
+
+def _redact_by_name(table: dict[str, Any]) -> None:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _redact_by_name(value)
+        elif value is not None and any(word in key.lower() for word in _SECRET_WORDS):
+            table[key] = REDACTED
 
 
 async def _await_maybe(value: object) -> None:

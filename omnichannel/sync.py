@@ -42,8 +42,13 @@ class SyncOmniChannelService:
                 "SyncOmniChannelService cannot run inside an event loop; use OmniChannelService and await it"
             )
         if self._runner is None:
-            self._runner = asyncio.Runner()
-            self._runner.run(self.service.start())
+            runner = asyncio.Runner()
+            try:
+                runner.run(self.service.start())
+            except BaseException:
+                runner.close()
+                raise
+            self._runner = runner
 
     def close(self) -> None:
         """Stop the service and close the loop."""

@@ -208,10 +208,12 @@ class HookCall:
 
 
 class HookRecorder:
-    """Records the hook calls made through ``pm`` while active (a context manager).
+    """Records the hook calls made through ``pm.hook`` while active (a context manager).
 
-    Event dispatch calls each listener separately; those calls are recorded too,
-    one per listener, as ``on_event`` calls.
+    That is every call of the send pipeline (``validate``, ``build``, ``send``).
+    The service calls ``on_event``, ``startup``, ``shutdown`` and the
+    ``register_*`` hooks one implementation at a time, to isolate and name each
+    plugin; those calls are not seen here: use ``EventRecorder`` for events.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -381,8 +383,9 @@ class ChannelPluginConformance:
 
     async def test_delivers_valid_messages(self) -> None:
         events = EventRecorder()
+        messages = self.valid_messages()
         async with self._service(events) as service:
-            for message in self.valid_messages():
+            for message in messages:
                 receipt = await service.send(message)
                 assert receipt.ok, receipt
                 assert receipt.message_id == message.id
@@ -390,7 +393,7 @@ class ChannelPluginConformance:
                 assert receipt.provider_message_id, "a receipt must carry the provider's id"
                 assert receipt.attempts == 1
         sent = events.of_type(MessageSent)
-        assert [e.message.id for e in sent] == [m.id for m in self.valid_messages()]
+        assert [e.message.id for e in sent] == [m.id for m in messages]
 
     async def test_sender_can_be_called_again(self) -> None:
         twice = _CallTwice()
@@ -409,14 +412,15 @@ class ChannelPluginConformance:
 
     async def test_rejects_invalid_messages_before_sending(self) -> None:
         events = EventRecorder()
+        invalid = self.invalid_messages()
         async with self._service(events) as service:
-            for message in self.invalid_messages():
+            for message in invalid:
                 with pytest.raises(MessageValidationError) as info:
                     await service.send(message)
                 assert info.value.problems, "a rejected message must say what is wrong"
                 assert all(isinstance(p, str) and p for p in info.value.problems)
         assert not events.of_type(MessageSent)
-        assert len(events.of_type(DeliveryFailed)) == len(self.invalid_messages())
+        assert len(events.of_type(DeliveryFailed)) == len(invalid)
 
     async def test_is_only_asked_about_its_own_channels(self) -> None:
         other = RecordingChannel("conformance-other")

@@ -1,0 +1,743 @@
+"""CPU cost per message through the omnichannel core, and command-bus dispatch latency.
+
+Usage::
+
+    python benchmarks/bench_core.py            # full run (about 30-60 s on 2 cores)
+    python benchmarks/bench_core.py --quick    # smoke run (under 10 s)
+    python benchmarks/bench_core.py --json     # machine-readable results on stdout
+    python benchmarks/bench_core.py --profile  # cProfile of the per-message path
+    python benchmarks/bench_core.py --breakdown  # cost of each step of a send, in isolation
+
+Every service is built with ``omnichannel.testing.make_service`` around a
+``RecordingChannel`` (an in-memory channel that does no I/O), so what is measured
+is the core alone: route, validate, build, pluggy hook dispatch, the send
+middleware, the receipt and the event dispatch. The services use the real
+``SystemClock``, as production does.
+
+Scenarios (each on its own started service, warmed up first):
+
+* ``send`` of ``Text`` and of ``Template`` content, with the channel only, and
+  with a ``wrapper=True`` send middleware plus an ``on_event`` listener;
+* the same middleware configured with ``rollout = 50`` (half the recipients get it);
+* ``service.bus.dispatch(SendMessage(msg))`` against a direct ``service.send(msg)``,
+  interleaved message by message on the same service;
+* ``send_many`` of 10,000 messages at concurrency 100 (with the recording channel,
+  which never suspends, and with a middleware that yields to the event loop once
+  per message, which makes the 100 workers really interleave).
+
+Per message, each ``await`` is timed with ``time.perf_counter_ns`` (median, p99,
+mean); a second, untimed pass over the same messages gives the CPU time per
+message (``time.process_time_ns``) and the throughput. The garbage collector
+stays enabled, as in production: its pauses are part of the mean and the p99.
+
+The script exits 0 whatever the outcome; ``--strict`` makes a missed target exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import importlib.metadata
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import timeit
+from collections import Counter
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Any
+
+import attrs
+
+from omnichannel import (
+    DeliveryStatus,
+    Message,
+    MessageSent,
+    OmniChannelService,
+    PluginSettings,
+    Receipt,
+    SendMessage,
+    ServiceConfig,
+    SystemClock,
+    Template,
+    Text,
+    hookimpl,
+)
+from omnichannel.plugins import in_rollout
+from omnichannel.testing import RecordingChannel, make_service
+
+CORE_TARGET_US = 20.0
+"""Target: CPU cost of one message through the core (median), in microseconds."""
+BUS_TARGET_US = 50.0
+"""Target: p99 of ``bus.dispatch(SendMessage(msg))``, in microseconds."""
+LEGACY_BUS_TARGET_US = 50_000.0
+"""The legacy system's goal for command dispatch: under 50 ms."""
+
+CHANNEL = "recording"
+MIDDLEWARE = "bench-middleware"
+LISTENER = "bench-listener"
+POOL_SIZE = 4096
+"""Distinct messages (and recipients) cycled through; enough for a fair 50 % rollout draw."""
+FULL_TEXT = "send(Text) + middleware + listener"
+BARE_TEXT = "send(Text), channel only"
+BUS = "bus.dispatch(SendMessage(Text))"
+BUS_DIRECT = "send(Text), interleaved with the bus"
+REFERENCE = "reference: pure-Python loop"
+REFERENCE_SPIN = 400
+"""Iterations of the reference loop: about as long as one message through the core."""
+
+
+# ---------------------------------------------------------------- plugins under test
+
+
+class PassThroughMiddleware:
+    """The cheapest real middleware: wraps the inner sender and calls it once."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl(wrapper=True)
+    def send(self) -> Generator[None, Any, Any]:
+        inner = yield
+        if inner is None:
+            return None
+
+        async def wrapped() -> Receipt:
+            self.calls += 1
+            result: Receipt = await inner()
+            return result
+
+        return wrapped
+
+
+class YieldingMiddleware:
+    """Like ``PassThroughMiddleware``, but gives the event loop a turn before each send,
+    as a channel doing network I/O would: concurrent workers then really interleave."""
+
+    @hookimpl(wrapper=True)
+    def send(self) -> Generator[None, Any, Any]:
+        inner = yield
+        if inner is None:
+            return None
+
+        async def wrapped() -> Receipt:
+            await asyncio.sleep(0)
+            result: Receipt = await inner()
+            return result
+
+        return wrapped
+
+
+class CountingListener:
+    """A synchronous ``on_event`` listener that counts events by type."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+
+    @hookimpl
+    def on_event(self, event: object) -> None:
+        self.seen[type(event).__name__] += 1
+
+
+# ---------------------------------------------------------------- set-up
+
+
+@attrs.define
+class Rig:
+    """A started service and the plugins it was built with."""
+
+    service: OmniChannelService
+    channel: RecordingChannel
+    middleware: PassThroughMiddleware | None = None
+    listener: CountingListener | None = None
+
+
+def build_rig(*, pipeline: bool, rollout: float | None = None, yielding: bool = False) -> Rig:
+    """A (not yet started) service: the recording channel, plus middleware and listener if ``pipeline``."""
+    channel = RecordingChannel(CHANNEL)
+    plugins: list[object] = [channel]
+    middleware = listener = None
+    if pipeline:
+        middleware = PassThroughMiddleware()
+        listener = CountingListener()
+        plugins += [(MIDDLEWARE, middleware), (LISTENER, listener)]
+    if yielding:
+        plugins.append(("bench-yield", YieldingMiddleware()))
+    config = None
+    if rollout is not None:
+        config = ServiceConfig(plugins={MIDDLEWARE: PluginSettings(rollout=rollout)})
+    service = make_service(*plugins, config=config, clock=SystemClock())
+    return Rig(service, channel, middleware, listener)
+
+
+def text_content() -> Text:
+    return Text("Your verification code is 493027. It expires in 10 minutes.")
+
+
+def template_content() -> Template:
+    return Template(
+        "order_shipped",
+        language="en_US",
+        body={"first_name": "Ann", "order_id": "A-10421", "eta": "Tuesday"},
+    )
+
+
+def message_pool(content: Text | Template, size: int = POOL_SIZE) -> list[Message]:
+    """``size`` messages to distinct recipients (built before any timing starts)."""
+    return [Message(f"+1555{i:07d}", content, channel=CHANNEL) for i in range(size)]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@attrs.define
+class Slice:
+    """The statistics of one slice of a scenario (times in nanoseconds)."""
+
+    median: float
+    p99: float
+    mean: float
+    cpu: float
+    """CPU per message of the untimed pass."""
+    wall: float
+    """Wall time per message of the untimed pass."""
+
+    @classmethod
+    def of(cls, samples_ns: list[int], cpu_ns: int, wall_ns: int, batch: int) -> Slice:
+        ordered = sorted(samples_ns)
+        return cls(
+            median=statistics.median(ordered),
+            p99=percentile(ordered, 99),
+            mean=statistics.fmean(ordered),
+            cpu=cpu_ns / batch,
+            wall=wall_ns / batch,
+        )
+
+
+@attrs.define
+class Result:
+    """One row of the table (times in microseconds).
+
+    ``median_us``, ``p99_us``, ``mean_us`` and ``cpu_us`` come from the quietest
+    slice (the one with the lowest median); ``pooled_*`` from all samples of all
+    slices, host noise included; ``slice_medians_us`` shows that noise.
+    """
+
+    name: str
+    n: int
+    median_us: float | None
+    p99_us: float | None
+    mean_us: float | None
+    cpu_us: float
+    msgs_per_s: float
+    pooled_median_us: float | None = None
+    pooled_p99_us: float | None = None
+    slice_medians_us: list[float] = attrs.field(factory=list)
+    note: str = ""
+
+    @property
+    def noise(self) -> float:
+        """Slowest slice median over quietest slice median (1.0 = a quiet machine)."""
+        if not self.slice_medians_us:
+            return 1.0
+        return max(self.slice_medians_us) / min(self.slice_medians_us)
+
+
+def combine(name: str, slices: list[Slice], samples_ns: list[int], note: str = "") -> Result:
+    best = min(slices, key=lambda s: s.median)
+    ordered = sorted(samples_ns)
+    return Result(
+        name=name,
+        n=len(ordered),
+        median_us=best.median / 1000,
+        p99_us=best.p99 / 1000,
+        mean_us=best.mean / 1000,
+        cpu_us=best.cpu / 1000,
+        msgs_per_s=1e9 / best.wall,
+        pooled_median_us=statistics.median(ordered) / 1000,
+        pooled_p99_us=percentile(ordered, 99) / 1000,
+        slice_medians_us=[round(s.median / 1000, 2) for s in slices],
+        note=note,
+    )
+
+
+# ---------------------------------------------------------------- measuring
+
+SendFn = Callable[[Message], Awaitable[Any]]
+
+
+def via_bus(service: OmniChannelService) -> SendFn:
+    """``bus.dispatch(SendMessage(message))``, as a caller of the bus writes it."""
+    bus = service.bus
+
+    def dispatch(message: Message) -> Awaitable[Any]:
+        return bus.dispatch(SendMessage(message))
+
+    return dispatch
+
+
+async def timed_calls(sends: Sequence[SendFn], pool: list[Message], first: int, n: int) -> list[list[int]]:
+    """Time each call of each function of ``sends``, interleaved message by message."""
+    samples: list[list[int]] = [[] for _ in sends]
+    clock = time.perf_counter_ns
+    size = len(pool)
+    for i in range(first, first + n):
+        message = pool[i % size]
+        for send, out in zip(sends, samples, strict=True):
+            start = clock()
+            await send(message)
+            out.append(clock() - start)
+    return samples
+
+
+async def untimed(send: SendFn, pool: list[Message], first: int, n: int) -> tuple[int, int]:
+    """Send ``n`` messages with no per-call timing; return the (CPU, wall) nanoseconds spent."""
+    size = len(pool)
+    cpu_start, wall_start = time.process_time_ns(), time.perf_counter_ns()
+    for i in range(first, first + n):
+        await send(pool[i % size])
+    return time.process_time_ns() - cpu_start, time.perf_counter_ns() - wall_start
+
+
+@attrs.define
+class Scenario:
+    """Per-message scenario: one or more ways of sending (timed interleaved), on one rig."""
+
+    names: list[str]
+    rig: Rig
+    content: Text | Template
+    sends: list[SendFn] = attrs.field(factory=list)
+    pool: list[Message] = attrs.field(factory=list)
+    slices: list[list[Slice]] = attrs.field(factory=list)
+    samples: list[list[int]] = attrs.field(factory=list)
+    cursor: int = 0
+    deliveries: int = 0
+    middleware_calls: int = 0
+
+    async def start(self, warm: int) -> None:
+        service = await self.rig.service.__aenter__()
+        self.pool = message_pool(self.content)
+        self.sends = [service.send] if len(self.names) == 1 else [service.send, via_bus(service)]
+        self.slices = [[] for _ in self.sends]
+        self.samples = [[] for _ in self.sends]
+        for send in self.sends:
+            await untimed(send, self.pool, 0, warm)
+        self.rig.channel.payloads.clear()
+        self.deliveries = self.rig.channel.attempts
+        self.middleware_calls = self.rig.middleware.calls if self.rig.middleware else 0
+
+    async def run_slice(self, n: int) -> None:
+        """One slice: every send function timed per call, then each one untimed for CPU."""
+        gc.collect()
+        timed = await timed_calls(self.sends, self.pool, self.cursor, n)
+        self.rig.channel.payloads.clear()
+        for k, send in enumerate(self.sends):
+            gc.collect()
+            cpu, wall = await untimed(send, self.pool, self.cursor, n)
+            self.rig.channel.payloads.clear()
+            self.slices[k].append(Slice.of(timed[k], cpu, wall, n))
+            self.samples[k] += timed[k]
+        self.cursor += n
+
+    async def stop(self) -> list[Result]:
+        await self.rig.service.__aexit__(None, None, None)
+        expected = 2 * len(self.sends) * len(self.samples[0])
+        sent = self.rig.channel.attempts - self.deliveries
+        if sent != expected:
+            raise RuntimeError(f"{self.names[0]}: expected {expected} deliveries, the channel saw {sent}")
+        results = [
+            combine(name, slices, samples)
+            for name, slices, samples in zip(self.names, self.slices, self.samples, strict=True)
+        ]
+        if self.rig.middleware is not None and self.rig.service.config.plugins:
+            share = (self.rig.middleware.calls - self.middleware_calls) / sent
+            results[0].note = f"the middleware ran for {share:.0%} of messages"
+        if len(results) == 2:
+            direct, bus = results
+            assert direct.median_us is not None
+            assert bus.median_us is not None
+            bus.note = f"bus overhead {bus.median_us - direct.median_us:+.2f} us (median, vs direct send)"
+        return results
+
+
+def spin(iterations: int = REFERENCE_SPIN) -> int:
+    """Pure-Python busy work with no allocation: the machine's own speed and jitter."""
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    return total
+
+
+@attrs.define
+class Reference:
+    """A fixed pure-Python loop timed like the scenarios, in the same round-robin.
+
+    It does not touch omnichannel: its median says how fast the host was during the
+    run (shared machines switch between speeds), and its p99 is the host's own jitter
+    (interrupts, neighbours) that any code of that duration also sees.
+    """
+
+    name: str = REFERENCE
+    slices: list[Slice] = attrs.field(factory=list)
+    samples: list[int] = attrs.field(factory=list)
+
+    async def start(self, warm: int) -> None:
+        for _ in range(warm):
+            spin()
+
+    async def run_slice(self, n: int) -> None:
+        gc.collect()
+        clock = time.perf_counter_ns
+        timed = []
+        for _ in range(n):
+            start = clock()
+            spin()
+            timed.append(clock() - start)
+        cpu_start, wall_start = time.process_time_ns(), time.perf_counter_ns()
+        for _ in range(n):
+            spin()
+        cpu, wall = time.process_time_ns() - cpu_start, time.perf_counter_ns() - wall_start
+        self.slices.append(Slice.of(timed, cpu, wall, n))
+        self.samples += timed
+
+    async def stop(self) -> list[Result]:
+        result = combine(self.name, self.slices, self.samples)
+        result.note = f"{REFERENCE_SPIN} iterations of `total += i * i`; no omnichannel code"
+        return [result]
+
+
+async def bench_send_many(name: str, rig: Rig, n: int, concurrency: int, repeats: int, warm: int) -> Result:
+    """``send_many`` of ``n`` messages; the quietest of ``repeats`` batches."""
+    pool = message_pool(text_content(), n)
+    async with rig.service as service:
+        await untimed(service.send, pool, 0, warm)
+        runs: list[tuple[int, int]] = []
+        for _ in range(repeats):
+            rig.channel.payloads.clear()
+            gc.collect()
+            cpu_start, wall_start = time.process_time_ns(), time.perf_counter_ns()
+            receipts = await service.send_many(pool, concurrency=concurrency)
+            runs.append((time.perf_counter_ns() - wall_start, time.process_time_ns() - cpu_start))
+            if len(receipts) != n or not all(r.status is DeliveryStatus.ACCEPTED for r in receipts):
+                raise RuntimeError(f"{name}: not every message was accepted")
+        rig.channel.payloads.clear()
+    wall, cpu = min(runs)
+    return Result(
+        name=name,
+        n=n,
+        median_us=None,
+        p99_us=None,
+        mean_us=wall / n / 1000,
+        cpu_us=cpu / n / 1000,
+        msgs_per_s=n / (wall / 1e9),
+        slice_medians_us=[round(w / n / 1000, 2) for w, _ in runs],
+        note=f"{n:,} messages in {wall / 1e6:.0f} ms (best of {repeats})",
+    )
+
+
+@attrs.define
+class Plan:
+    sends: int
+    """Timed sends per scenario (and as many untimed ones for the CPU figure)."""
+    slices: int
+    """Slices each scenario is cut into, run round-robin across scenarios."""
+    warm: int
+    bulk_repeats: int
+
+
+async def run_all(plan: Plan) -> list[Result]:
+    scenarios: list[Scenario | Reference] = [
+        Reference(),
+        Scenario([BARE_TEXT], build_rig(pipeline=False), text_content()),
+        Scenario(["send(Template), channel only"], build_rig(pipeline=False), template_content()),
+        Scenario([FULL_TEXT], build_rig(pipeline=True), text_content()),
+        Scenario(["send(Template) + middleware + listener"], build_rig(pipeline=True), template_content()),
+        Scenario(
+            ["send(Text) + middleware@50% + listener"], build_rig(pipeline=True, rollout=50), text_content()
+        ),
+        Scenario([BUS_DIRECT, BUS], build_rig(pipeline=True), text_content()),
+    ]
+    for scenario in scenarios:
+        await scenario.start(plan.warm)
+    per_slice = plan.sends // plan.slices
+    # Round-robin: a noisy moment on a shared machine hits every scenario a little,
+    # instead of one scenario entirely.
+    for _ in range(plan.slices):
+        for scenario in scenarios:
+            await scenario.run_slice(per_slice)
+    results = [result for scenario in scenarios for result in await scenario.stop()]
+    for name, yielding in (
+        ("send_many 10k @100, recording channel", False),
+        ("send_many 10k @100, yielding middleware", True),
+    ):
+        rig = build_rig(pipeline=True, yielding=yielding)
+        results.append(await bench_send_many(name, rig, 10_000, 100, plan.bulk_repeats, plan.warm))
+    return results
+
+
+# ---------------------------------------------------------------- targets
+
+
+@attrs.define
+class Check:
+    """One target: judged on the quietest slice; the figure over all slices is shown beside it."""
+
+    target: str
+    measured_us: float
+    limit_us: float
+    pooled_us: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.measured_us < self.limit_us
+
+
+def checks(results: list[Result]) -> list[Check]:
+    by_name = {r.name: r for r in results}
+    full, bare, bus = by_name[FULL_TEXT], by_name[BARE_TEXT], by_name[BUS]
+    assert full.median_us is not None
+    assert bare.median_us is not None
+    assert bus.p99_us is not None
+    return [
+        Check(
+            "core per message, Text + middleware + listener (median)",
+            full.median_us,
+            CORE_TARGET_US,
+            full.pooled_median_us,
+        ),
+        Check("core per message, Text + middleware + listener (CPU/msg)", full.cpu_us, CORE_TARGET_US),
+        Check(
+            "core per message, channel only (median)", bare.median_us, CORE_TARGET_US, bare.pooled_median_us
+        ),
+        Check("bus dispatch p99", bus.p99_us, BUS_TARGET_US, bus.pooled_p99_us),
+        Check("bus dispatch p99, legacy goal (50 ms)", bus.p99_us, LEGACY_BUS_TARGET_US, bus.pooled_p99_us),
+    ]
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("omnichannel", "pluggy", "attrs", "cattrs", "aiohttp"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_table(results: list[Result], found: list[Check], info: dict[str, Any], seconds: float) -> None:
+    versions = info["versions"]
+    print(
+        f"omnichannel {versions['omnichannel']} - Python {info['python']} - {info['cpus']} CPUs "
+        f"({info['cpu']}) - pluggy {versions['pluggy']}, attrs {versions['attrs']}"
+    )
+    print("median, p99, mean, CPU/msg, msgs/s: quietest slice; all: every slice pooled (host noise)")
+    print()
+    header = (
+        f"{'scenario':<40} {'n':>7} {'median':>7} {'p99':>7} {'mean':>7} {'CPU/msg':>7} {'msgs/s':>7}"
+        f" {'all:med':>7} {'all:p99':>7} {'noise':>5}"
+    )
+    print(header)
+    print(f"{'':<48}" + "".join(f"{unit:>8}" for unit in ("us", "us", "us", "us", "", "us", "us")))
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.name:<40} {r.n:>7,} {fmt(r.median_us):>7} {fmt(r.p99_us):>7} {fmt(r.mean_us):>7} "
+            f"{fmt(r.cpu_us):>7} {r.msgs_per_s:>7,.0f} {fmt(r.pooled_median_us):>7} "
+            f"{fmt(r.pooled_p99_us):>7} {r.noise:>4.1f}x"
+        )
+        if r.note:
+            print(f"{'':<42}{r.note}")
+    print()
+    for c in found:
+        verdict = "PASS" if c.passed else "FAIL"
+        pooled = "" if c.pooled_us is None else f"; all slices: {c.pooled_us:,.1f} us"
+        print(f"{verdict}  {c.target}: {c.measured_us:,.1f} us (target < {c.limit_us:,.0f} us{pooled})")
+    noisy = [r.name for r in results if r.noise > 1.3]
+    if noisy:
+        print(f"\nwarning: the host was noisy (slice medians differ by > 30 %) during: {', '.join(noisy)}")
+    print(f"\n(run took {seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- profile and breakdown
+
+
+async def profile(n: int, warm: int, top: int) -> str:
+    """cProfile of ``send(Text)`` with middleware and listener; the top functions by own time."""
+    rig = build_rig(pipeline=True)
+    pool = message_pool(text_content())
+    async with rig.service as service:
+        await untimed(service.send, pool, 0, warm)
+        rig.channel.payloads.clear()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for first in range(0, n, POOL_SIZE):
+            await untimed(service.send, pool, first, min(POOL_SIZE, n - first))
+            rig.channel.payloads.clear()
+        profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+async def breakdown(number: int) -> list[tuple[str, float]]:
+    """The cost of each step of one send (Text, middleware + listener), measured in isolation."""
+    rig = build_rig(pipeline=True)
+    rows: list[tuple[str, float]] = []
+    async with rig.service as service:
+        message = message_pool(text_content(), 1)[0]
+        receipt = await service.send(message)
+        hook = service.plugin_manager.hook
+        payload = hook.build(message=message, channel=CHANNEL, service=service)
+        event = MessageSent(message, receipt, occurred_at=receipt.finished_at)
+        env = {
+            "attrs": attrs,
+            "hook": hook,
+            "service": service,
+            "m": message,
+            "r": receipt,
+            "payload": payload,
+            "Receipt": Receipt,
+            "ACCEPTED": DeliveryStatus.ACCEPTED,
+            "MessageSent": MessageSent,
+            "Message": Message,
+            "Text": Text,
+            "in_rollout": in_rollout,
+            "clock": service.clock,
+        }
+        steps = [
+            (
+                "hook.validate(...) via pluggy (1 impl)",
+                "hook.validate(message=m, channel='recording', service=service)",
+            ),
+            (
+                "hook.build(...) via pluggy (1 impl)",
+                "hook.build(message=m, channel='recording', service=service)",
+            ),
+            (
+                "hook.send(...) via pluggy (2 wrappers + channel)",
+                "hook.send(payload=payload, message=m, channel='recording', service=service)",
+            ),
+            (
+                "Receipt(...) in the channel (4 fields)",
+                "Receipt(message_id='i', channel='c', status=ACCEPTED, provider_message_id='p')",
+            ),
+            (
+                "attrs.evolve(receipt, 5 fields)",
+                "attrs.evolve(r, message_id='i', channel='c', attempts=1, started_at=None, finished_at=None)",
+            ),
+            ("MessageSent(...)", "MessageSent(m, r, occurred_at=None)"),
+            ("clock.now() (SystemClock)", "clock.now()"),
+            ("in_rollout(50, plugin, recipient)", "in_rollout(50, 'bench-middleware', '+15550000001')"),
+            (
+                "Message(...) construction (caller side)",
+                "Message('+15550000001', Text('hi'), channel='recording')",
+            ),
+        ]
+        for label, stmt in steps:
+            best = min(timeit.repeat(stmt, globals=env, number=number, repeat=5))
+            rows.append((label, best / number * 1e6))
+
+        async def loop(coro_fn: Callable[[], Awaitable[Any]]) -> float:
+            best = math.inf
+            for _ in range(5):
+                rig.channel.payloads.clear()
+                start = time.perf_counter_ns()
+                for _ in range(number // 10):
+                    await coro_fn()
+                best = min(best, (time.perf_counter_ns() - start) / (number // 10))
+            return best / 1000
+
+        rows.append(("service.emit(MessageSent) (1 listener)", await loop(lambda: service.emit(event))))
+        rows.append(("service.send(Text), the whole thing", await loop(lambda: service.send(message))))
+        rig.channel.payloads.clear()
+    return rows
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (under 10 s)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the per-message path")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="print the cost of each step of a send, in isolation"
+    )
+    args = parser.parse_args(argv)
+
+    if args.profile:
+        print(asyncio.run(profile(10_000 if args.quick else 50_000, 1_000, 30)))
+        return 0
+    if args.breakdown:
+        rows = asyncio.run(breakdown(10_000 if args.quick else 50_000))
+        for label, us in rows:
+            print(f"{label:<52} {us:8.2f} us")
+        return 0
+
+    if args.quick:
+        plan = Plan(sends=4_000, slices=4, warm=500, bulk_repeats=1)
+    else:
+        plan = Plan(sends=30_000, slices=10, warm=2_000, bulk_repeats=3)
+    started = time.perf_counter()
+    results = asyncio.run(run_all(plan))
+    seconds = time.perf_counter() - started
+    found = checks(results)
+    info = machine()
+    if args.json:
+        document = {
+            "machine": info,
+            "mode": "quick" if args.quick else "full",
+            "seconds": round(seconds, 2),
+            "results": [attrs.asdict(r) for r in results],
+            "targets": [{**attrs.asdict(c), "passed": c.passed} for c in found],
+        }
+        json.dump(document, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(results, found, info, seconds)
+    return 1 if args.strict and not all(c.passed for c in found) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
