@@ -46,37 +46,34 @@ class CliState:
 class PluginGroup(click.Group):
     """A click group that adds the plugins' commands and turns our errors into messages."""
 
-    _plugin_commands_loaded = False
-
-    def _load_plugin_commands(self, ctx: click.Context) -> None:
-        if self._plugin_commands_loaded:
-            return
-        self._plugin_commands_loaded = True
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        """The plugins' commands, found once per invocation (kept in the context, not on the group)."""
+        meta = ctx.find_root().meta
+        if "omnichannel.plugin_commands" in meta:
+            commands: dict[str, click.Command] = meta["omnichannel.plugin_commands"]
+            return commands
         state = CliState(ctx.params.get("config_path"), tuple(ctx.params.get("disable_plugin") or ()))
         try:
             blocked = state.config().blocked_plugins()
         except ConfigError:
             # The command itself reports the broken configuration; block what the flag names.
             blocked = ServiceConfig(disabled_plugins=state.disabled).blocked_plugins()
-        pm = _plugins.get_plugin_manager(blocked=blocked)
         staging = click.Group()
-        _plugins.call_each(pm, "register_commands", cli=staging)
+        _plugins.call_each(_plugins.get_plugin_manager(blocked=blocked), "register_commands", cli=staging)
+        commands = {}
         for name, command in staging.commands.items():
             if name in self.commands:
                 log.warning("a plugin command %r is ignored: the name is taken", name)
-                continue
-            self.add_command(command, name)
+            else:
+                commands[name] = command
+        meta["omnichannel.plugin_commands"] = commands
+        return commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load_plugin_commands(ctx)
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *self._plugin_commands(ctx)})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
-        if command is None:
-            self._load_plugin_commands(ctx)
-            command = super().get_command(ctx, cmd_name)
-        return command
+        return super().get_command(ctx, cmd_name) or self._plugin_commands(ctx).get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -355,11 +355,15 @@ class OmniChannelService:
     def http(self) -> aiohttp.ClientSession:
         """The shared HTTP session; plugins never create their own."""
         if self._http is None:
-            raise ServiceStateError(
-                "the service is not started: use 'async with OmniChannelService(...)' "
-                "or 'await service.start()'"
-            )
+            raise self._not_running()
         return self._http
+
+    def _not_running(self) -> ServiceStateError:
+        if self._state in ("stopping", "stopped"):
+            return ServiceStateError("the service is stopped; create a new one to send again")
+        return ServiceStateError(
+            "the service is not started: use 'async with OmniChannelService(...)' or 'await service.start()'"
+        )
 
     async def start(self) -> None:
         """Open the HTTP session and start every plugin (``startup`` hooks)."""
@@ -389,9 +393,10 @@ class OmniChannelService:
         if self._state != "started":
             return
         await self.emit(ServiceStopping(occurred_at=self.clock.now()))
-        self._state = "stopped"
+        self._state = "stopping"  # no new sends; plugins still have the HTTP session
         await self._shutdown_plugins()
         await self._close_http()
+        self._state = "stopped"
         if self._undo_trace is not None:
             self._undo_trace()
 
@@ -488,7 +493,7 @@ class OmniChannelService:
         re-raises ``CancelledError``.
         """
         if self._state != "started":
-            self.http  # noqa: B018 - raises the explanatory ServiceStateError
+            raise self._not_running()
         started_at = self.clock.now()
         route = self._route(message)
         progress = _Progress(route[0] if route else "")
@@ -581,7 +586,9 @@ class OmniChannelService:
         progress.stage = "send"
         sender = self._caller("send", remove)(payload=payload, **kwargs)
         if sender is None:
-            raise UnknownChannelError(channel, available=self._channels)
+            raise PluginError(
+                binding.plugin_name, f"its send hook returned no sender for channel {channel!r}"
+            )
         counter = progress.attempts = AttemptCounter()
         token = ATTEMPTS.set(counter)
         try:
