@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_core.py            # full run (about 30-60 s on 2 cores)
+    python benchmarks/bench_core.py            # full run (about 30 s on 2 cores)
     python benchmarks/bench_core.py --quick    # smoke run (under 10 s)
     python benchmarks/bench_core.py --json     # machine-readable results on stdout
     python benchmarks/bench_core.py --profile  # cProfile of the per-message path
@@ -14,7 +14,7 @@ is the core alone: route, validate, build, pluggy hook dispatch, the send
 middleware, the receipt and the event dispatch. The services use the real
 ``SystemClock``, as production does.
 
-Scenarios (each on its own started service, warmed up first):
+Scenarios (each on its own started service, warmed up first), and a reference:
 
 * ``send`` of ``Text`` and of ``Template`` content, with the channel only, and
   with a ``wrapper=True`` send middleware plus an ``on_event`` listener;
@@ -23,12 +23,21 @@ Scenarios (each on its own started service, warmed up first):
   interleaved message by message on the same service;
 * ``send_many`` of 10,000 messages at concurrency 100 (with the recording channel,
   which never suspends, and with a middleware that yields to the event loop once
-  per message, which makes the 100 workers really interleave).
+  per message, which makes the 100 workers really interleave);
+* a pure-Python loop of about the same duration, which touches no omnichannel
+  code: how fast the host was during the run, and how much jitter (p99) any
+  code of that duration sees on it.
 
 Per message, each ``await`` is timed with ``time.perf_counter_ns`` (median, p99,
 mean); a second, untimed pass over the same messages gives the CPU time per
 message (``time.process_time_ns``) and the throughput. The garbage collector
 stays enabled, as in production: its pauses are part of the mean and the p99.
+
+Shared and virtual machines change speed while a benchmark runs. So each
+scenario is cut into slices run round-robin with the others, and the table
+gives the quietest slice (lowest median; lowest CPU per message) next to the
+figures over every slice pooled ("all"). "noise" is the slowest slice median
+over the quietest: near 1.0x the two agree.
 
 The script exits 0 whatever the outcome; ``--strict`` makes a missed target exit 1.
 """
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import importlib.metadata
@@ -47,6 +57,7 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -89,6 +100,8 @@ FULL_TEXT = "send(Text) + middleware + listener"
 BARE_TEXT = "send(Text), channel only"
 BUS = "bus.dispatch(SendMessage(Text))"
 BUS_DIRECT = "send(Text), interleaved with the bus"
+BULK = "send_many 10k @100, recording channel"
+BULK_YIELDING = "send_many 10k @100, yielding middleware"
 REFERENCE = "reference: pure-Python loop"
 REFERENCE_SPIN = 400
 """Iterations of the reference loop: about as long as one message through the core."""
@@ -151,7 +164,7 @@ class CountingListener:
 
 @attrs.define
 class Rig:
-    """A started service and the plugins it was built with."""
+    """A service (started by the scenario that uses it) and the plugins it was built with."""
 
     service: OmniChannelService
     channel: RecordingChannel
@@ -233,9 +246,10 @@ class Slice:
 class Result:
     """One row of the table (times in microseconds).
 
-    ``median_us``, ``p99_us``, ``mean_us`` and ``cpu_us`` come from the quietest
-    slice (the one with the lowest median); ``pooled_*`` from all samples of all
-    slices, host noise included; ``slice_medians_us`` shows that noise.
+    ``median_us``, ``p99_us`` and ``mean_us`` come from the quietest slice (the one
+    with the lowest median), ``cpu_us`` and ``msgs_per_s`` from the quietest untimed
+    pass; ``pooled_*`` from all samples of all slices, host noise included;
+    ``slice_medians_us`` shows that noise.
     """
 
     name: str
@@ -267,8 +281,8 @@ def combine(name: str, slices: list[Slice], samples_ns: list[int], note: str = "
         median_us=best.median / 1000,
         p99_us=best.p99 / 1000,
         mean_us=best.mean / 1000,
-        cpu_us=best.cpu / 1000,
-        msgs_per_s=1e9 / best.wall,
+        cpu_us=min(s.cpu for s in slices) / 1000,
+        msgs_per_s=1e9 / min(s.wall for s in slices),
         pooled_median_us=statistics.median(ordered) / 1000,
         pooled_p99_us=percentile(ordered, 99) / 1000,
         slice_medians_us=[round(s.median / 1000, 2) for s in slices],
@@ -329,8 +343,8 @@ class Scenario:
     deliveries: int = 0
     middleware_calls: int = 0
 
-    async def start(self, warm: int) -> None:
-        service = await self.rig.service.__aenter__()
+    async def start(self, warm: int, stack: contextlib.AsyncExitStack) -> None:
+        service = await stack.enter_async_context(self.rig.service)
         self.pool = message_pool(self.content)
         self.sends = [service.send] if len(self.names) == 1 else [service.send, via_bus(service)]
         self.slices = [[] for _ in self.sends]
@@ -354,8 +368,7 @@ class Scenario:
             self.samples[k] += timed[k]
         self.cursor += n
 
-    async def stop(self) -> list[Result]:
-        await self.rig.service.__aexit__(None, None, None)
+    def results(self) -> list[Result]:
         expected = 2 * len(self.sends) * len(self.samples[0])
         sent = self.rig.channel.attempts - self.deliveries
         if sent != expected:
@@ -396,14 +409,14 @@ class Reference:
     slices: list[Slice] = attrs.field(factory=list)
     samples: list[int] = attrs.field(factory=list)
 
-    async def start(self, warm: int) -> None:
+    async def start(self, warm: int, stack: contextlib.AsyncExitStack) -> None:
         for _ in range(warm):
             spin()
 
     async def run_slice(self, n: int) -> None:
         gc.collect()
         clock = time.perf_counter_ns
-        timed = []
+        timed: list[int] = []
         for _ in range(n):
             start = clock()
             spin()
@@ -415,7 +428,7 @@ class Reference:
         self.slices.append(Slice.of(timed, cpu, wall, n))
         self.samples += timed
 
-    async def stop(self) -> list[Result]:
+    def results(self) -> list[Result]:
         result = combine(self.name, self.slices, self.samples)
         result.note = f"{REFERENCE_SPIN} iterations of `total += i * i`; no omnichannel code"
         return [result]
@@ -472,21 +485,24 @@ async def run_all(plan: Plan) -> list[Result]:
         ),
         Scenario([BUS_DIRECT, BUS], build_rig(pipeline=True), text_content()),
     ]
-    for scenario in scenarios:
-        await scenario.start(plan.warm)
-    per_slice = plan.sends // plan.slices
-    # Round-robin: a noisy moment on a shared machine hits every scenario a little,
-    # instead of one scenario entirely.
-    for _ in range(plan.slices):
+    async with contextlib.AsyncExitStack() as stack:
         for scenario in scenarios:
-            await scenario.run_slice(per_slice)
-    results = [result for scenario in scenarios for result in await scenario.stop()]
-    for name, yielding in (
-        ("send_many 10k @100, recording channel", False),
-        ("send_many 10k @100, yielding middleware", True),
+            await scenario.start(plan.warm, stack)
+        per_slice = plan.sends // plan.slices
+        # Round-robin: a noisy moment on a shared machine hits every scenario a little,
+        # instead of one scenario entirely.
+        for _ in range(plan.slices):
+            for scenario in scenarios:
+                await scenario.run_slice(per_slice)
+    results = [result for scenario in scenarios for result in scenario.results()]
+    for name, yielding, how in (
+        (BULK, False, "nothing suspends, so one of the 100 workers sends them all"),
+        (BULK_YIELDING, True, "each send yields once, so the 100 workers interleave"),
     ):
         rig = build_rig(pipeline=True, yielding=yielding)
-        results.append(await bench_send_many(name, rig, 10_000, 100, plan.bulk_repeats, plan.warm))
+        result = await bench_send_many(name, rig, 10_000, 100, plan.bulk_repeats, plan.warm)
+        result.note += f"; {how}"
+        results.append(result)
     return results
 
 
@@ -532,6 +548,24 @@ def checks(results: list[Result]) -> list[Check]:
 # ---------------------------------------------------------------- reporting
 
 
+def revision() -> str | None:
+    """``git describe --always --dirty`` of the checkout the core was imported from, if any."""
+    import omnichannel
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(omnichannel.__file__)))
+    try:
+        done = subprocess.run(
+            ["git", "-C", root, "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -549,6 +583,7 @@ def machine() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
     return {
+        "revision": revision(),
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "python": sys.version.split()[0],
@@ -565,10 +600,14 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def print_table(results: list[Result], found: list[Check], info: dict[str, Any], seconds: float) -> None:
     versions = info["versions"]
     print(
-        f"omnichannel {versions['omnichannel']} - Python {info['python']} - {info['cpus']} CPUs "
-        f"({info['cpu']}) - pluggy {versions['pluggy']}, attrs {versions['attrs']}"
+        f"omnichannel {versions['omnichannel']} ({info['revision'] or 'no git checkout'}) - "
+        f"Python {info['python']} - {info['cpus']} CPUs ({info['cpu']}) - "
+        f"pluggy {versions['pluggy']}, attrs {versions['attrs']}"
     )
-    print("median, p99, mean, CPU/msg, msgs/s: quietest slice; all: every slice pooled (host noise)")
+    print(
+        "median, p99, mean: the quietest slice; CPU/msg, msgs/s: the quietest untimed pass; "
+        "all: every slice pooled"
+    )
     print()
     header = (
         f"{'scenario':<40} {'n':>7} {'median':>7} {'p99':>7} {'mean':>7} {'CPU/msg':>7} {'msgs/s':>7}"

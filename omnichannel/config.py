@@ -26,14 +26,14 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from .errors import ConfigError
-from .serde import EnvStr, InvalidField, InvalidValue, _kind, format_errors, make_converter
+from .serde import EnvStr, InvalidField, InvalidValue, Secret, _kind, format_errors, make_converter
 
 __all__ = [
     "HttpConfig",
@@ -281,14 +281,26 @@ def load_config(
         raise ConfigError(_with_sources(format_errors(exc), sources), source=source) from None
 
 
+def _attrs_class_in(tp: Any) -> type | None:
+    """The attrs class that ``tp`` is, or that ``tp | None`` holds."""
+    candidates = [tp, *get_args(tp)] if get_args(tp) else [tp]
+    # Secret is an attrs class too, but a scalar in the configuration.
+    found = [c for c in candidates if isinstance(c, type) and attrs.has(c) and c is not Secret]
+    return found[0] if len(found) == 1 else None
+
+
 def _env_defaults(cls: type, environ: Mapping[str, str], raw: Mapping[str, Any]) -> dict[str, Any]:
     """Fill keys absent from ``raw`` from the legacy variables their fields name, in nested tables too."""
     filled = dict(raw)
+    attrs.resolve_types(cls)  # string annotations (``from __future__ import annotations``)
     for field in attrs.fields(cls):
-        if isinstance(field.type, type) and attrs.has(field.type):
+        nested_cls = _attrs_class_in(field.type)
+        if nested_cls is not None:
+            if nested_cls is not field.type and field.name not in filled:
+                continue  # an optional table that is not given stays absent
             nested = filled.get(field.name, {})
             if isinstance(nested, Mapping):
-                found = _env_defaults(field.type, environ, nested)
+                found = _env_defaults(nested_cls, environ, nested)
                 if found:
                     filled[field.name] = found
             continue

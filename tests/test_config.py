@@ -645,3 +645,28 @@ def test_structure_plugin_config_reads_os_environ_by_default(monkeypatch):
 def test_load_config_reads_os_environ_by_default(monkeypatch):
     monkeypatch.setenv("OMNICHANNEL_SEND_CONCURRENCY", "12")
     assert load_config().send_concurrency == 12
+
+
+@attrs.frozen
+class LegacyBreaker:
+    failure_threshold: int = setting(default=5, env="WHATSAPP_CIRCUIT_BREAKER_FAILURE_THRESHOLD")
+
+
+@attrs.frozen
+class LegacyConfig:
+    # This module postpones annotations, so these are strings until resolved.
+    breaker: LegacyBreaker = attrs.field(factory=LegacyBreaker)
+    optional: LegacyBreaker | None = None
+
+
+def test_legacy_names_reach_nested_tables_with_string_annotations():
+    assert isinstance(attrs.fields(LegacyConfig).breaker.type, str)
+    config = structure_plugin_config(
+        make_converter(),
+        LegacyConfig,
+        {},
+        plugin_name="legacy",
+        environ={"WHATSAPP_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "7"},
+    )
+    assert config.breaker.failure_threshold == 7
+    assert config.optional is None
