@@ -121,6 +121,5 @@ def run(service: OmniChannelService, *, host: str | None = None, port: int | Non
         host=host or config.host,
         port=port if port is not None else config.port,
         shutdown_timeout=config.shutdown_timeout_s,
-        print=lambda text: log.warning("%s", text),
         access_log=logging.getLogger("omnichannel.server.access"),
     )

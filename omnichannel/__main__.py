@@ -1,0 +1,5 @@
+"""``python -m omnichannel``: the same as the ``omnichannel`` command."""
+
+from omnichannel.cli import main
+
+main()

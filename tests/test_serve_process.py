@@ -1,0 +1,59 @@
+"""`omnichannel serve` as an operator runs it: a real process, a real port, SIGTERM to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path):
+    port = free_port()
+    config = tmp_path / "omnichannel.toml"
+    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNICHANNEL_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "omnichannel",
+        "--config",
+        str(config),
+        "serve",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+        assert f"http://127.0.0.1:{port}" in banner.decode()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ok"}
+            async with http.get(f"http://127.0.0.1:{port}/ready") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ready", "channels": ["console"]}
+            async with http.get(f"http://127.0.0.1:{port}/nope") as response:
+                assert response.status == 404
+                assert (await response.json())["error"]["type"] == "Not Found"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        stderr = (await process.stderr.read()).decode()
+        assert "Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
