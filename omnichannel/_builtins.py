@@ -52,15 +52,15 @@ def _template_problems(template: Template) -> Iterator[str]:
         seen_buttons.add(button.index)
 
 
-def _content_problems(message: Message) -> Iterator[str]:
+def _content_problems(message: Message) -> list[str]:
     content = message.content
     if isinstance(content, Text):
-        if not content.body.strip():
-            yield "content.body: must not be empty"
-    elif isinstance(content, Template):
-        yield from _template_problems(content)
-    elif (content.url is None) == (content.media_id is None):
-        yield "content: give exactly one of url or media_id"
+        return [] if content.body.strip() else ["content.body: must not be empty"]
+    if isinstance(content, Template):
+        return list(_template_problems(content))
+    if (content.url is None) == (content.media_id is None):
+        return ["content: give exactly one of url or media_id"]
+    return []
 
 
 @hookimpl
@@ -71,7 +71,7 @@ def validate(message: Message, channel: str, service: OmniChannelService) -> lis
         problems.append("recipient: must not be empty")
     if message.channel is not None and message.route:
         problems.append("route: give either channel or route, not both")
-    problems.extend(_content_problems(message))
+    problems += _content_problems(message)
     kind = CONTENT_KINDS.get(type(message.content))
     declared = service.channel_info(channel)
     if kind is not None and declared is not None and kind not in declared.capabilities:

@@ -55,6 +55,43 @@ class PluginManager(pluggy.PluginManager):
         self.load_errors: list[PluginError] = []
         self.distributions: dict[str, tuple[str, str]] = {}
         """Plugin name -> (distribution name, version), for plugins from entry points."""
+        self.generation = 0
+        """Incremented by every change of the registered plugins or of the monitoring:
+        a key for caches of hook plans."""
+        self._monitors = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        self.generation += 1
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
+        removed = super().unregister(plugin, name)
+        self.generation += 1
+        return removed
+
+    def set_blocked(self, name: str) -> None:
+        super().set_blocked(name)
+        self.generation += 1
+
+    @property
+    def monitored(self) -> bool:
+        """Whether something watches hook calls (``add_hookcall_monitoring``)."""
+        return self._monitors > 0
+
+    def add_hookcall_monitoring(
+        self, before: Callable[..., None], after: Callable[..., None]
+    ) -> Callable[[], None]:
+        undo_monitoring = super().add_hookcall_monitoring(before, after)
+        self._monitors += 1
+        self.generation += 1
+
+        def undo() -> None:
+            undo_monitoring()
+            self._monitors -= 1
+            self.generation += 1
+
+        return undo
 
 
 @attrs.frozen
