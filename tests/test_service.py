@@ -1305,3 +1305,44 @@ def test_plugin_manager_is_exposed_for_introspection(recording_channel):
 
 def test_make_service_uses_a_fake_clock():
     assert isinstance(make_service().clock, FakeClock)
+
+
+class _Veto:
+    """A validator registered after the service was created."""
+
+    @hookimpl
+    def validate(self, message):
+        return [f"recipient: {message.recipient} is on the deny list"]
+
+
+async def test_hook_validate_of_a_plugin_registered_later_takes_part(recording_channel):
+    async with make_service(recording_channel) as service:
+        await service.send(Message("+15550001", Text("hi"), channel="recording"))
+        service.plugin_manager.register(_Veto(), name="veto")
+        with pytest.raises(MessageValidationError) as info:
+            await service.send(Message("+15550002", Text("hi"), channel="recording"))
+        assert info.value.problems == ["recipient: +15550002 is on the deny list"]
+        service.plugin_manager.unregister(name="veto")
+        assert (await service.send(Message("+15550003", Text("hi"), channel="recording"))).ok
+
+
+async def test_hook_validate_problems_are_the_same_with_and_without_monitoring(recording_channel):
+    class Second:
+        @hookimpl
+        def validate(self):
+            return ["second: problem"]
+
+    bad = Message("", Text(" "), channel="recording")
+    async with make_service(recording_channel, ("first", _Veto()), ("second", Second())) as service:
+        with pytest.raises(MessageValidationError) as direct:
+            await service.send(bad)
+        with HookRecorder(service.plugin_manager), pytest.raises(MessageValidationError) as monitored:
+            await service.send(bad)
+    assert direct.value.problems == monitored.value.problems
+    # pluggy's order: the last registered first (the core's built-ins are registered last).
+    assert direct.value.problems == [
+        "recipient: must not be empty",
+        "content.body: must not be empty",
+        "second: problem",
+        "recipient:  is on the deny list",
+    ]
