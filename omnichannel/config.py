@@ -108,7 +108,8 @@ class PluginSettings:
 
     enabled: bool = True
     rollout: float = attrs.field(default=100.0, validator=_percent)
-    settings: Mapping[str, Any] = attrs.field(factory=dict)
+    # Raw until the plugin's class structures them: they may hold secrets, so no repr.
+    settings: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen

@@ -670,3 +670,12 @@ def test_legacy_names_reach_nested_tables_with_string_annotations():
     )
     assert config.breaker.failure_threshold == 7
     assert config.optional is None
+
+
+def test_raw_plugin_settings_never_show_in_a_repr():
+    config = load_config(
+        environ={"OMNICHANNEL_PLUGINS__WHATSAPP__ACCESS_TOKEN": "EAAG-very-secret"},
+    )
+    assert config.plugins["whatsapp"].settings["access_token"] == "EAAG-very-secret"
+    assert "EAAG-very-secret" not in repr(config)
+    assert "EAAG-very-secret" not in str(config)
