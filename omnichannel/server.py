@@ -121,5 +121,7 @@ def run(service: OmniChannelService, *, host: str | None = None, port: int | Non
         host=host or config.host,
         port=port if port is not None else config.port,
         shutdown_timeout=config.shutdown_timeout_s,
+        # Flushed: stdout is often a pipe (a supervisor, a test), and the banner says we are up.
+        print=lambda text: print(text, flush=True),
         access_log=logging.getLogger("omnichannel.server.access"),
     )

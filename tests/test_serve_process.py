@@ -24,7 +24,10 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
     config = tmp_path / "omnichannel.toml"
     config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNICHANNEL_")}
+    # As under a supervisor: no OMNICHANNEL_ settings, and stdout is a buffered pipe.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("OMNICHANNEL_") and k != "PYTHONUNBUFFERED"
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
