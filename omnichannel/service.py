@@ -19,7 +19,7 @@ import inspect
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -30,11 +30,19 @@ import pluggy
 
 from . import plugins as _plugins
 from ._builtins import ATTEMPTS, AttemptCounter
+from ._contributions import (
+    ChannelBinding,
+    bind_channels,
+    collect_command_handlers,
+    collect_routes,
+    load_plugin_configs,
+    redact_by_name,
+)
+from ._hookplan import Plan, make_plan
 from .clock import Clock, SystemClock
-from .config import ServiceConfig, register_config_hooks, structure_plugin_config
+from .config import ServiceConfig, register_config_hooks
 from .errors import (
     Certainty,
-    ConfigError,
     DeliveryError,
     MessageValidationError,
     OmniChannelError,
@@ -53,7 +61,7 @@ from .events import (
 )
 from .extensions import Channel, Route
 from .message import DeliveryStatus, ErrorInfo, Message, Receipt, Template
-from .serde import REDACTED, make_converter
+from .serde import make_converter
 
 if TYPE_CHECKING:
     from .commands import CommandBus
@@ -66,14 +74,6 @@ log = logging.getLogger("omnichannel")
 T = TypeVar("T")
 
 _NO_PLUGINS: frozenset[object] = frozenset()
-_SECRET_WORDS = ("token", "secret", "password", "key")
-
-
-@attrs.frozen
-class _Binding:
-    channel: Channel
-    plugin_name: str
-    plugin: object
 
 
 class _Progress:
@@ -85,43 +85,6 @@ class _Progress:
         self.channel = channel
         self.stage = "route"
         self.attempts = 0
-
-
-class _DirectCall:
-    """Calls plain hook implementations as pluggy does, without its dispatch machinery.
-
-    pluggy's dispatch is a third of the core's cost per message. Where a hook has
-    no wrapper and nothing monitors hook calls, the result is the same: the
-    implementations in call order, stopping at the first non-None result for a
-    firstresult hook, else the list of non-None results.
-    """
-
-    __slots__ = ("_firstresult", "_impls")
-
-    def __init__(self, impls: list[pluggy.HookImpl], firstresult: bool) -> None:
-        self._impls = [(impl.function, impl.argnames) for impl in impls]
-        self._firstresult = firstresult
-
-    def __call__(self, **kwargs: Any) -> Any:
-        results = []
-        for function, names in self._impls:
-            result = function(*[kwargs[name] for name in names])
-            if result is not None:
-                if self._firstresult:
-                    return result
-                results.append(result)
-        return None if self._firstresult else results
-
-
-@attrs.frozen
-class _Plan:
-    """The hook callers for one channel owner and one set of plugins out of rollout."""
-
-    validate: Callable[..., Any]
-    build: Callable[..., Any]
-    send: Callable[..., Any]
-    counts_attempts: bool
-    """Whether middleware wraps the channel's sender: only then are attempts counted."""
 
 
 @attrs.define
@@ -178,10 +141,12 @@ class OmniChannelService:
         for error in self._pm.load_errors:
             log.error("%s (the other plugins are loaded)", error)
         self._undo_trace = _plugins.trace_hook_calls(self._pm, log) if self.config.trace_plugins else None
-        self._channels = self._bind_channels()
-        self._plugin_configs = self._load_plugin_configs(os.environ if environ is None else environ)
+        self._channels, self._channel_plugins = bind_channels(self._pm, self.config)
+        self._config_classes, self._plugin_configs = load_plugin_configs(
+            self._pm, self.config, self.converter, os.environ if environ is None else environ
+        )
         self._rollouts = self._rollout_shares()
-        self._plans: dict[tuple[object, frozenset[object]], _Plan] = {}
+        self._plans: dict[tuple[object, frozenset[object]], Plan] = {}
         self._listeners: list[pluggy.HookImpl] = []
         self._cached_generation = -1
         self._http: aiohttp.ClientSession | None = None
@@ -192,87 +157,6 @@ class OmniChannelService:
         """Room for plugins' per-service objects (clients, caches), keyed by plugin name."""
 
     # ------------------------------------------------------------ set-up
-
-    def _bind_channels(self) -> dict[str, _Binding]:
-        claims: dict[str, list[_Binding]] = {}
-        for plugin_name, declared in _plugins.call_each(self._pm, "register_channels"):
-            for channel in declared or ():
-                if not isinstance(channel, Channel):
-                    raise PluginError(
-                        plugin_name,
-                        f"register_channels must return Channel objects, got {channel!r}",
-                    )
-                plugin = self._pm.get_plugin(plugin_name)
-                claims.setdefault(channel.name, []).append(_Binding(channel, plugin_name, plugin))
-        # Every plugin that declares a channel is kept out of the pipeline of the
-        # channels it does not own, including the losers of a configured choice.
-        self._channel_plugins = frozenset(c.plugin for cs in claims.values() for c in cs)
-        bindings: dict[str, _Binding] = {}
-        errors: list[str] = []
-        for name, claimants in sorted(claims.items()):
-            owners = [c.plugin_name for c in claimants]
-            chosen = self.config.channels.get(name)
-            if chosen is not None:
-                picked = [c for c in claimants if c.plugin_name == chosen]
-                if not picked:
-                    errors.append(
-                        f"channels.{name}: plugin {chosen!r} does not provide channel {name!r} "
-                        f"(provided by: {', '.join(owners)})"
-                    )
-                    continue
-                bindings[name] = picked[0]
-            elif len(claimants) > 1:
-                raise PluginError(
-                    ", ".join(owners),
-                    f"channel {name!r} is provided by several plugins; pick one in the "
-                    f'configuration: [channels] {name} = "{owners[0]}"',
-                )
-            else:
-                bindings[name] = claimants[0]
-        if errors:
-            raise ConfigError(errors)
-        for name in sorted(set(self.config.channels) - set(claims)):
-            log.warning(
-                "channels.%s: no enabled plugin provides channel %r; the setting is unused", name, name
-            )
-        return bindings
-
-    def _load_plugin_configs(self, environ: Mapping[str, str]) -> dict[type, Any]:
-        declared: dict[str, type] = {}
-        for plugin_name, cls in _plugins.call_each(self._pm, "register_config"):
-            if cls is None:
-                continue
-            if not (isinstance(cls, type) and attrs.has(cls)):
-                raise PluginError(plugin_name, f"register_config must return an attrs class, got {cls!r}")
-            declared[plugin_name] = cls
-        self._config_classes = declared
-        errors: list[str] = []
-        configs: dict[type, Any] = {}
-        registered = {name.replace("-", "_"): name for name, _ in self._pm.list_name_plugin()}
-        blocked = {name.replace("-", "_") for name in self.config.blocked_plugins()}
-        for section_name, section in self.config.plugins.items():
-            key = section_name.replace("-", "_")
-            if key in blocked or not section.settings:
-                continue
-            owner = registered.get(key)
-            if owner is None:
-                errors.append(f"plugins.{section_name}: no plugin named {section_name!r} is installed")
-            elif owner not in declared:
-                errors.extend(
-                    f"plugins.{section_name}.{setting}: unknown key (plugin {owner!r} takes no settings)"
-                    for setting in section.settings
-                )
-        for plugin_name, cls in declared.items():
-            raw = self.config.plugin_settings(plugin_name).settings
-            try:
-                configs[cls] = structure_plugin_config(
-                    self.converter, cls, raw, plugin_name=plugin_name, environ=environ
-                )
-            except ConfigError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise ConfigError(errors)
-        return configs
 
     def _rollout_shares(self) -> dict[object, tuple[str, float]]:
         shares = {}
@@ -328,7 +212,7 @@ class OmniChannelService:
             section.update(self.converter.unstructure(self._plugin_configs[cls]))
         # Sections of disabled plugins were never checked against a class: redact by name.
         for section in sections.values():
-            _redact_by_name(section)
+            redact_by_name(section)
         return data
 
     @property
@@ -342,17 +226,7 @@ class OmniChannelService:
 
     def command_handlers(self) -> dict[type, Any]:
         """Command class -> handler, from every ``register_command_handlers``."""
-        handlers: dict[type, Any] = {}
-        for plugin_name, contributed in _plugins.call_each(
-            self._pm, "register_command_handlers", service=self
-        ):
-            for command_type, handler in (contributed or {}).items():
-                if command_type in handlers:
-                    raise PluginError(
-                        plugin_name, f"a handler for {command_type.__name__} is already registered"
-                    )
-                handlers[command_type] = handler
-        return handlers
+        return collect_command_handlers(self._pm, self)
 
     def routes(self, *, reserved: Iterable[tuple[str, str, str]] = ()) -> list[Route]:
         """Every web route the plugins contribute.
@@ -360,30 +234,7 @@ class OmniChannelService:
         :param reserved: (method, path, name) of routes the server keeps for itself.
         :raises PluginError: for a route or route name that is already taken.
         """
-        routes: list[Route] = []
-        seen: dict[tuple[str, str], str] = {(m, p): "omnichannel" for m, p, _ in reserved}
-        names: dict[str, str] = {n: "omnichannel" for _, _, n in reserved}
-        for plugin_name, contributed in _plugins.call_each(self._pm, "register_routes", service=self):
-            for route in contributed or ():
-                if not isinstance(route, Route):
-                    raise PluginError(
-                        plugin_name, f"register_routes must return Route objects, got {route!r}"
-                    )
-                key = (route.method, route.path)
-                if key in seen:
-                    raise PluginError(
-                        plugin_name,
-                        f"route {route.method} {route.path} is already added by {seen[key]!r}",
-                    )
-                if route.name is not None and route.name in names:
-                    raise PluginError(
-                        plugin_name, f"route name {route.name!r} is already used by {names[route.name]!r}"
-                    )
-                seen[key] = plugin_name
-                if route.name is not None:
-                    names[route.name] = plugin_name
-                routes.append(route)
-        return routes
+        return collect_routes(self._pm, self, reserved)
 
     # ------------------------------------------------------------ life cycle
 
@@ -508,35 +359,6 @@ class OmniChannelService:
             self._listeners = _plugins.hook_impls(self._pm, "on_event")
             self._cached_generation = generation
 
-    def _plan(self, owner: object, excluded: frozenset[object]) -> _Plan:
-        plan = self._plans.get((owner, excluded))
-        if plan is None:
-            # A channel plugin is asked only about its own channels.
-            remove = (self._channel_plugins - {owner}) | excluded
-            builtins = self._pm.get_plugin(_plugins.DEFAULT_PLUGINS[0])
-            counts = any(
-                impl.wrapper and impl.plugin not in remove and impl.plugin is not builtins
-                for impl in self._pm.hook.send.get_hookimpls()
-            )
-            # Without middleware the channel's sender runs once: no need to count.
-            send_remove = remove if counts or builtins is None else remove | {builtins}
-            plan = self._plans[(owner, excluded)] = _Plan(
-                self._subset("validate", remove),
-                self._subset("build", remove),
-                self._subset("send", send_remove),
-                counts,
-            )
-        return plan
-
-    def _subset(self, hook: str, remove: frozenset[object]) -> Callable[..., Any]:
-        caller: pluggy.HookCaller = getattr(self._pm.hook, hook)
-        impls = [impl for impl in caller.get_hookimpls() if impl.plugin not in remove]
-        monitored = getattr(self._pm, "monitored", True)
-        if not monitored and not any(impl.wrapper or impl.hookwrapper for impl in impls):
-            firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
-            return _DirectCall(impls[::-1], firstresult)
-        return self._pm.subset_hook_caller(hook, remove) if remove else caller
-
     def _excluded(self, recipient: str) -> frozenset[object]:
         """Plugins whose rollout does not include ``recipient``."""
         if not self._rollouts:
@@ -614,7 +436,11 @@ class OmniChannelService:
                 reason = f"plugin {name!r} is rolled out to {percent:g} % of recipients, not this one"
                 failure = failure or UnknownChannelError(channel, reason=reason)
                 continue
-            plan = self._plan(binding.plugin, excluded)
+            plan = self._plans.get((binding.plugin, excluded))
+            if plan is None:
+                plan = self._plans[(binding.plugin, excluded)] = make_plan(
+                    self._pm, self._channel_plugins, binding.plugin, excluded
+                )
             progress.stage = "validate"
             found = [
                 problem
@@ -648,8 +474,8 @@ class OmniChannelService:
         self,
         message: Message,
         channel: str,
-        binding: _Binding,
-        plan: _Plan,
+        binding: ChannelBinding,
+        plan: Plan,
         started_at: datetime,
         progress: _Progress,
     ) -> Receipt:
@@ -771,14 +597,6 @@ class OmniChannelService:
             route = self._route(message)
             error = exc if isinstance(exc, OmniChannelError) else OmniChannelError(repr(exc))
             return await self._report_failure(message, route[0] if route else "", error, self.clock.now(), 0)
-
-
-def _redact_by_name(table: dict[str, Any]) -> None:
-    for key, value in table.items():
-        if isinstance(value, dict):
-            _redact_by_name(value)
-        elif value is not None and any(word in key.lower() for word in _SECRET_WORDS):
-            table[key] = REDACTED
 
 
 async def _await_maybe(value: object) -> None:
