@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -25,13 +24,7 @@ HEX32 = "[0-9a-f]{32}"
 SECRET = "EAAG-secret"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """No OMNICHANNEL_ variable and no ./omnichannel.toml leak in from the developer's shell."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("OMNICHANNEL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture

@@ -22,14 +22,7 @@ from omnichannel.config import (
     structure_plugin_config,
 )
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Run every test in an empty directory, with no OMNICHANNEL_ variable in os.environ."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("OMNICHANNEL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture
