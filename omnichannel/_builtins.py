@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .hookspecs import hookimpl
-from .message import Media, Message, Receipt, Template, Text
+from .message import Buttons, ListMenu, Media, Message, Receipt, Template, Text
 
 if TYPE_CHECKING:
     from .extensions import Sender
@@ -29,7 +29,14 @@ class AttemptCounter:
 
 ATTEMPTS: contextvars.ContextVar[AttemptCounter] = contextvars.ContextVar("omnichannel_attempts")
 
-CONTENT_KINDS: dict[type, str] = {Text: "text", Template: "template", Media: "media"}
+CONTENT_KINDS: dict[type, str] = {
+    Text: "text",
+    Template: "template",
+    Media: "media",
+    Buttons: "buttons",
+    ListMenu: "list",
+}
+"""Content class -> the capability a channel declares to carry it."""
 
 
 def _template_problems(template: Template) -> Iterator[str]:
@@ -52,12 +59,33 @@ def _template_problems(template: Template) -> Iterator[str]:
         seen_buttons.add(button.index)
 
 
+def _choice_problems(body: str, field: str, ids: list[str]) -> Iterator[str]:
+    if not body.strip():
+        yield "content.body: must not be empty"
+    if not ids:
+        yield f"content.{field}: give at least one choice"
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        yield f"content.{field}: ids must be unique, repeated: {', '.join(repeated)}"
+
+
 def _content_problems(message: Message) -> list[str]:
     content = message.content
     if isinstance(content, Text):
         return [] if content.body.strip() else ["content.body: must not be empty"]
     if isinstance(content, Template):
         return list(_template_problems(content))
+    if isinstance(content, Buttons):
+        return list(_choice_problems(content.body, "buttons", [b.id for b in content.buttons]))
+    if isinstance(content, ListMenu):
+        ids = [row.id for section in content.sections for row in section.rows]
+        problems = list(_choice_problems(content.body, "sections", ids))
+        problems += [
+            f"content.sections[{i}].rows: must not be empty"
+            for i, s in enumerate(content.sections)
+            if not s.rows
+        ]
+        return problems
     if (content.url is None) == (content.media_id is None):
         return ["content: give exactly one of url or media_id"]
     return []

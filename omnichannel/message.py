@@ -25,11 +25,15 @@ from .errors import Certainty, DeliveryError, ErrorScope
 
 __all__ = [
     "ButtonType",
+    "Buttons",
     "Content",
     "CurrencyParam",
     "DateTimeParam",
     "DeliveryStatus",
     "ErrorInfo",
+    "ListMenu",
+    "ListRow",
+    "ListSection",
     "LocationParam",
     "Media",
     "MediaKind",
@@ -37,6 +41,7 @@ __all__ = [
     "Message",
     "Param",
     "Receipt",
+    "ReplyButton",
     "Template",
     "TemplateButton",
     "Text",
@@ -200,7 +205,65 @@ class Media:
     filename: str | None = None
 
 
-Content: TypeAlias = Text | Template | Media
+@attrs.frozen
+class ReplyButton:
+    """A quick-reply button: ``id`` comes back in the recipient's reply, ``title`` is shown."""
+
+    id: str
+    title: str
+
+
+def _reply_buttons(value: Iterable[ReplyButton]) -> tuple[ReplyButton, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class Buttons:
+    """Text with up to a few reply buttons (interactive "button" message)."""
+
+    body: str
+    buttons: tuple[ReplyButton, ...] = attrs.field(converter=_reply_buttons)
+    header: str | None = None
+    footer: str | None = None
+
+
+@attrs.frozen
+class ListRow:
+    """One choice of a ``ListMenu``: ``id`` comes back in the reply."""
+
+    id: str
+    title: str
+    description: str | None = None
+
+
+def _list_rows(value: Iterable[ListRow]) -> tuple[ListRow, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ListSection:
+    """A titled group of rows of a ``ListMenu``."""
+
+    rows: tuple[ListRow, ...] = attrs.field(converter=_list_rows)
+    title: str | None = None
+
+
+def _list_sections(value: Iterable[ListSection]) -> tuple[ListSection, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ListMenu:
+    """Text with a button that opens a list of choices (interactive "list" message)."""
+
+    body: str
+    button: str
+    sections: tuple[ListSection, ...] = attrs.field(converter=_list_sections)
+    header: str | None = None
+    footer: str | None = None
+
+
+Content: TypeAlias = Text | Template | Media | Buttons | ListMenu
 
 
 # ---------------------------------------------------------------- message and receipt
@@ -216,6 +279,7 @@ class Message:
         channels to try until one delivers; with neither, the configured default route.
     :param id: our id; generated when not given.
     :param idempotency_key: deduplicates redeliveries; defaults to ``id``.
+    :param reply_to: the provider's id of an earlier message this one answers (quoted reply).
     :param metadata: free-form string pairs carried along (never used as metric labels).
     """
 
@@ -225,6 +289,7 @@ class Message:
     route: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     id: str = attrs.field(factory=new_message_id)
     idempotency_key: str | None = None
+    reply_to: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
 
     @property

@@ -31,9 +31,11 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from .message import (
+    Buttons,
     Content,
     CurrencyParam,
     DateTimeParam,
+    ListMenu,
     LocationParam,
     Media,
     MediaParam,
@@ -287,7 +289,13 @@ def _structure_enum(value: object, tp: type[enum.Enum]) -> enum.Enum:
         raise InvalidValue(f"expected one of {allowed}, got {_describe(value)}") from None
 
 
-_CONTENT_TAGS: dict[type, str] = {Text: "text", Template: "template", Media: "media"}
+_CONTENT_TAGS: dict[type, str] = {
+    Text: "text",
+    Template: "template",
+    Media: "media",
+    Buttons: "buttons",
+    ListMenu: "list",
+}
 _PARAM_TAGS: dict[type, str] = {
     TextParam: "text",
     CurrencyParam: "currency",

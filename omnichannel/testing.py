@@ -112,11 +112,13 @@ class RecordingChannel:
     """An in-memory channel plugin (default name ``recording``).
 
     :param name: the channel it declares.
-    :param capabilities: what it accepts (default: text, template and media).
+    :param capabilities: what it accepts (default: every kind of content).
     """
 
     def __init__(
-        self, name: str = "recording", capabilities: Iterable[str] = ("text", "template", "media")
+        self,
+        name: str = "recording",
+        capabilities: Iterable[str] = ("text", "template", "media", "buttons", "list"),
     ) -> None:
         self.name = name
         self.capabilities = frozenset(capabilities)

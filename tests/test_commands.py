@@ -288,7 +288,8 @@ async def test_decode_invalid_nested_content(service):
         service.bus.decode(raw)
     assert str(info.value) == (
         "invalid send_message command: data.message.recipient: expected a string, got int 1; "
-        "data.message.content: 'type' must be one of 'text', 'template', 'media', got 'video'"
+        "data.message.content: 'type' must be one of 'text', 'template', 'media', 'buttons', 'list', "
+        "got 'video'"
     )
 
 

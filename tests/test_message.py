@@ -345,3 +345,46 @@ async def test_valid_messages_pass_builtin_validation(service, recording_channel
     assert receipt.ok
     assert recording_channel.payloads[0].recipient == "+15551234567"
     assert recording_channel.payloads[0].content == content
+
+
+async def test_interactive_content_is_sent_and_checked(service, recording_channel):
+    from omnichannel import Buttons, ListMenu, ListRow, ListSection, ReplyButton
+
+    buttons = Buttons("Confirm?", [ReplyButton("yes", "Yes"), ReplyButton("no", "No")], footer="reply")
+    menu = ListMenu(
+        "Pick a slot", "Slots", [ListSection([ListRow("am", "Morning"), ListRow("pm", "Evening")])]
+    )
+    for content in (buttons, menu):
+        receipt = await service.send(Message("+15551234567", content, channel="recording"))
+        assert receipt.ok
+    assert [p.content for p in recording_channel.payloads] == [buttons, menu]
+
+    bad = Buttons(" ", [ReplyButton("a", "A"), ReplyButton("a", "B")])
+    with pytest.raises(MessageValidationError) as info:
+        await service.send(Message("+15551234567", bad, channel="recording"))
+    assert info.value.problems == [
+        "content.body: must not be empty",
+        "content.buttons: ids must be unique, repeated: a",
+    ]
+    empty = ListMenu("Pick", "Slots", [ListSection([])])
+    with pytest.raises(MessageValidationError) as info:
+        await service.send(Message("+15551234567", empty, channel="recording"))
+    assert info.value.problems == [
+        "content.sections: give at least one choice",
+        "content.sections[0].rows: must not be empty",
+    ]
+
+
+def test_interactive_content_and_reply_to_round_trip_through_json():
+    import json
+
+    from omnichannel import Buttons, ListMenu, ListRow, ListSection, ReplyButton, make_converter
+
+    converter = make_converter()
+    for content in (
+        Buttons("Confirm?", [ReplyButton("yes", "Yes")], header="Order 42"),
+        ListMenu("Pick", "Slots", [ListSection([ListRow("am", "Morning", "9-12")], title="Today")]),
+    ):
+        message = Message("+15551234567", content, channel="whatsapp", reply_to="wamid.ABC")
+        data = json.loads(json.dumps(converter.unstructure(message)))
+        assert converter.structure(data, Message) == message

@@ -111,7 +111,7 @@ def test_installed_entry_point_plugins_are_loaded():
 def test_a_service_loads_installed_plugins_by_default():
     service = OmniChannelService(environ={})
     assert service.channel_owner("console") == "console"
-    assert service.channel_info("console").capabilities == {"text", "template", "media"}
+    assert service.channel_info("console").capabilities == {"text", "template", "media", "buttons", "list"}
 
 
 def test_load_entrypoints_false_loads_only_the_given_plugins():

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from omnichannel import (
     ButtonType,
     Certainty,
+    Content,
     CurrencyParam,
     DateTimeParam,
     DeliveryStatus,
@@ -356,6 +357,7 @@ def test_message_wire_format(converter):
         "route": [],
         "id": "m-1",
         "idempotency_key": None,
+        "reply_to": None,
         "metadata": {"order": "42"},
     }
 
@@ -378,8 +380,8 @@ def test_message_wire_format(converter):
     ],
 )
 def test_content_is_tagged_with_its_type(converter, content, data):
-    assert converter.unstructure(content, Text | Template | Media) == data
-    assert converter.structure(data, Text | Template | Media) == content
+    assert converter.unstructure(content, Content) == data
+    assert converter.structure(data, Content) == content
 
 
 def test_structure_fills_defaults(converter):
@@ -504,12 +506,12 @@ def _message_data(content, **extra):
     [
         pytest.param(
             _message_data({"type": "nope"}),
-            ["content: 'type' must be one of 'text', 'template', 'media', got 'nope'"],
+            ["content: 'type' must be one of 'text', 'template', 'media', 'buttons', 'list', got 'nope'"],
             id="unknown-tag",
         ),
         pytest.param(
             _message_data({"body": "hi"}),
-            ["content: 'type' must be one of 'text', 'template', 'media', got None"],
+            ["content: 'type' must be one of 'text', 'template', 'media', 'buttons', 'list', got None"],
             id="missing-tag",
         ),
         pytest.param(

@@ -173,7 +173,7 @@ async def test_recording_channel_records_payloads(service, recording_channel):
     assert recording_channel.attempts == 1
     assert receipt.provider_message_id == "rec-1"
     assert service.channel_info("recording") == Channel(
-        "recording", {"text", "template", "media"}, "records messages in memory (tests)"
+        "recording", {"text", "template", "media", "buttons", "list"}, "records messages in memory (tests)"
     )
 
 

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 import attrs
 
 from omnichannel import (
+    Buttons,
     Channel,
     DeliveryStatus,
     InvalidField,
+    ListMenu,
     Media,
     Message,
     Receipt,
@@ -66,6 +68,11 @@ def render(message: Message) -> str:
         where = content.url or f"media id {content.media_id}"
         caption = f" {content.caption!r}" if content.caption else ""
         return f"{content.kind} {where}{caption}"
+    if isinstance(content, Buttons):
+        return f"{content.body} [{' | '.join(b.title for b in content.buttons)}]"
+    if isinstance(content, ListMenu):
+        rows = [row.title for section in content.sections for row in section.rows]
+        return f"{content.body} [{content.button}: {' | '.join(rows)}]"
     raise TypeError(f"unsupported content {type(content).__name__}")
 
 
@@ -82,7 +89,7 @@ def register_channels() -> list[Channel]:
     return [
         Channel(
             CHANNEL,
-            capabilities={"text", "template", "media"},
+            capabilities={"text", "template", "media", "buttons", "list"},
             description="prints messages to the terminal; needs no account",
         )
     ]
