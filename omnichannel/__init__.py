@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .cli import service_from_context
 from .clock import Clock, SystemClock
 from .commands import BulkResult, CommandBus, InProcessTransport, SendBulk, SendMessage, Transport
 from .config import (
@@ -164,5 +165,6 @@ __all__ = [
     "load_config",
     "make_converter",
     "new_message_id",
+    "service_from_context",
     "setting",
 ]

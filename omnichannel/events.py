@@ -12,7 +12,10 @@ Every event is a frozen attrs class with an ``occurred_at`` UTC timestamp.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -35,6 +38,10 @@ __all__ = [
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
 
 
 @attrs.frozen(kw_only=True)
@@ -83,6 +90,8 @@ class StatusChanged(Event):
     message_id: str | None = None
     recipient: str | None = None
     error: ErrorInfo | None = None
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen, hash=False)
+    """Channel-specific extras (e.g. WhatsApp's pricing and conversation); never metric labels."""
 
 
 @attrs.frozen
@@ -94,6 +103,8 @@ class InboundMessage(Event):
     content: Content
     provider_message_id: str
     reply_to: str | None = None
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen, hash=False)
+    """Channel-specific extras: the raw kind of message, a reply's button id, a location, ..."""
 
 
 @attrs.frozen

@@ -6,6 +6,7 @@ the real discovery path a user's shell would.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import re
@@ -41,13 +42,23 @@ def config_file(tmp_path):
 
 @pytest.fixture
 def run(config_file):
-    """Invoke ``omnichannel --config <file> ARGS``; ``config=None`` leaves the option out."""
+    """Invoke ``omnichannel --config <file> ARGS``; ``config=None`` leaves the option out.
+
+    The other installed plugins are disabled, so that outputs show the console plugin alone.
+    """
 
     def run(*args, config="", env=None):
         prefix = [] if config is None else ["--config", config_file(config)]
+        prefix += [arg for name in OTHER_PLUGINS for arg in ("--disable-plugin", name)]
         return CliRunner().invoke(cli, [*prefix, *args], prog_name="omnichannel", env=env)
 
     return run
+
+
+OTHER_PLUGINS = sorted(
+    ep.name for ep in importlib.metadata.entry_points(group="omnichannel") if ep.name != "console"
+)
+"""The first-party plugins other than console, installed with the distribution."""
 
 
 def assert_clean_failure(result, code=1):
@@ -321,7 +332,7 @@ def test_config_show(run):
     assert json.loads(result.stdout) == {
         "channels": {},
         "default_route": [],
-        "disabled_plugins": [],
+        "disabled_plugins": OTHER_PLUGINS,
         "http": {"connect_timeout_s": 10.0, "max_connections": 100, "timeout_s": 5.0},
         "plugins": {"console": {"enabled": True, "rollout": 100.0, "stream": "stdout"}},
         "send_concurrency": 10,
