@@ -551,7 +551,7 @@ def test_plugin_settings_lookup_accepts_dashes_and_underscores(write):
 @attrs.frozen
 class BreakerConfig:
     failure_threshold: int = setting(default=5, env=("WHATSAPP_CIRCUIT_BREAKER_THRESHOLD", "WA_CB_THRESHOLD"))
-    token: Secret | None = setting(default=None, env="WHATSAPP_ACCESS_TOKEN")  # noqa: RUF009 - an attrs field
+    token: Secret | None = setting(default=None, env="WHATSAPP_ACCESS_TOKEN")
     enabled_checks: tuple[str, ...] = setting(default=(), env="WA_CHECKS")
     ratio: float = attrs.field(default=0.5)
 

@@ -65,7 +65,9 @@ class WhatsAppConfig:
     access_token: Secret | None = setting(default=None, env="WHATSAPP_ACCESS_TOKEN")
     app_secret: Secret | None = setting(default=None, env="WHATSAPP_APP_SECRET")
     verify_token: Secret | None = setting(default=None, env="WHATSAPP_VERIFY_TOKEN")
-    api_version: str = setting(default=DEFAULT_API_VERSION, validator=_api_version, env="WHATSAPP_API_VERSION")
+    api_version: str = setting(
+        default=DEFAULT_API_VERSION, validator=_api_version, env="WHATSAPP_API_VERSION"
+    )
     base_url: str = setting(default=DEFAULT_BASE_URL, validator=_base_url, env="WHATSAPP_BASE_URL")
     timeout_s: float = attrs.field(default=10.0, validator=_positive)
     template_cache_ttl_s: float = attrs.field(default=300.0, validator=_non_negative)
