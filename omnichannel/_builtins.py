@@ -99,6 +99,8 @@ def validate(message: Message, channel: str, service: OmniChannelService) -> lis
         problems.append("recipient: must not be empty")
     if message.channel is not None and message.route:
         problems.append("route: give either channel or route, not both")
+    if message.reply_to is not None and not message.reply_to.strip():
+        problems.append("reply_to: must not be empty when given")
     problems += _content_problems(message)
     kind = CONTENT_KINDS.get(type(message.content))
     declared = service.channel_info(channel)

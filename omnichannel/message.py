@@ -110,7 +110,7 @@ class DateTimeParam:
 class MediaParam:
     """A header image, video or document, by public ``link`` or uploaded ``media_id``."""
 
-    kind: MediaKind
+    kind: MediaKind = attrs.field(converter=MediaKind)
     link: str | None = None
     media_id: str | None = None
     filename: str | None = None
@@ -131,8 +131,10 @@ class LocationParam:
 Param: TypeAlias = TextParam | CurrencyParam | DateTimeParam | MediaParam | LocationParam
 
 
-def _params(value: Sequence[Param | str] | Mapping[str, Param | str]) -> tuple[Param, ...]:
-    """Normalise positional lists and name->value mappings into a tuple of parameters."""
+def _params(value: Param | str | Sequence[Param | str] | Mapping[str, Param | str]) -> tuple[Param, ...]:
+    """Normalise one parameter, positional lists and name->value mappings into a tuple of parameters."""
+    if isinstance(value, TextParam | CurrencyParam | DateTimeParam | MediaParam | LocationParam):
+        return (value,)
     if isinstance(value, Mapping):
         return tuple(
             TextParam(v, name=k) if isinstance(v, str) else attrs.evolve(v, name=k) for k, v in value.items()

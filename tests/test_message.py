@@ -388,3 +388,17 @@ def test_interactive_content_and_reply_to_round_trip_through_json():
         message = Message("+15551234567", content, channel="whatsapp", reply_to="wamid.ABC")
         data = json.loads(json.dumps(converter.unstructure(message)))
         assert converter.structure(data, Message) == message
+
+
+def test_a_single_template_parameter_needs_no_list():
+    from omnichannel import MediaKind, MediaParam
+
+    template = Template("promo", header=MediaParam("image", link="https://example.com/a.jpg"))
+    assert template.header == (MediaParam(MediaKind.IMAGE, link="https://example.com/a.jpg"),)
+    assert template.header[0].kind is MediaKind.IMAGE
+
+
+async def test_an_empty_reply_to_is_a_problem(service):
+    with pytest.raises(MessageValidationError) as info:
+        await service.send(Message("+15551234567", Text("hi"), channel="recording", reply_to=" "))
+    assert info.value.problems == ["reply_to: must not be empty when given"]
