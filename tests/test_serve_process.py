@@ -48,7 +48,12 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path):
                 assert await response.json() == {"status": "ok"}
             async with http.get(f"http://127.0.0.1:{port}/ready") as response:
                 assert response.status == 200
-                assert await response.json() == {"status": "ready", "channels": ["console"]}
+                ready = await response.json()
+                assert ready["status"] == "ready"
+                assert "console" in ready["channels"]
+            verify = {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"}
+            async with http.get(f"http://127.0.0.1:{port}/webhooks/whatsapp", params=verify) as response:
+                assert response.status == 403  # the WhatsApp plugin's webhook route is mounted
             async with http.get(f"http://127.0.0.1:{port}/nope") as response:
                 assert response.status == 404
                 assert (await response.json())["error"]["type"] == "Not Found"
