@@ -33,6 +33,7 @@ from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from aiohttp import web
 
 from omnichannel import (
@@ -49,6 +50,8 @@ from omnichannel import (
     Text,
     WebhookError,
 )
+
+from .errors import classify_graph_error
 
 if TYPE_CHECKING:
     from omnichannel import OmniChannelService
@@ -205,7 +208,12 @@ def _error_info(error: object) -> ErrorInfo:
     detail = f"(#{code}) {title}" if code is not None else title
     if details and details != title:
         detail = f"{detail}: {details}"
-    return ErrorInfo(kind="WhatsAppError", detail=detail, code=code)
+    if code is None:
+        return ErrorInfo(kind="WhatsAppError", detail=detail)
+    # The same classification as a synchronous error with this code: the class,
+    # scope and whether a later resend may succeed (e.g. 131049 yes, 131026 no).
+    classified = classify_graph_error(400, {"error": {"code": code, "message": title}}, {})
+    return attrs.evolve(ErrorInfo.from_exception(classified), detail=detail, http_status=None)
 
 
 def _metadata(value: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnichannel import (
+    Certainty,
     DeliveryStatus,
     ErrorInfo,
+    ErrorScope,
     InboundMessage,
     Media,
     MediaKind,
@@ -575,11 +577,15 @@ def test_parse_failed_status_carries_the_error():
         parse_notification(envelope(statuses_value(status("failed", errors=[ERROR_131047, second])))),
         StatusChanged,
     )
+    # Classified like the same code in a synchronous answer: permanent, about the recipient.
     assert event.error == ErrorInfo(
-        kind="WhatsAppError",
+        kind="PermanentDeliveryError",
         detail="(#131047) Re-engagement message: Message failed to send because more than 24 hours have "
         "passed since the customer last replied to this number.",
         code=131047,
+        certainty=Certainty.REJECTED,
+        scope=ErrorScope.RECIPIENT,
+        retryable=False,
     )
     assert event.details["errors"] == [ERROR_131047, second]
     assert "pricing" not in event.details
