@@ -78,6 +78,7 @@ from .message import (
     new_message_id,
 )
 from .serde import EnvStr, InvalidField, InvalidValue, Secret, format_errors, make_converter
+from .server import make_app
 from .service import EventStats, OmniChannelService
 from .sync import SyncOmniChannelService
 
@@ -163,6 +164,7 @@ __all__ = [
     "format_errors",
     "hookimpl",
     "load_config",
+    "make_app",
     "make_converter",
     "new_message_id",
     "service_from_context",

@@ -152,8 +152,10 @@ def register_routes(service: OmniChannelService) -> list[Route]:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     from .commands import whatsapp
+    from .demo import demo_command
 
     cli.add_command(whatsapp)
+    cli.add_command(demo_command)
 
 
 @hookimpl

@@ -50,6 +50,11 @@ def whatsapp() -> None:
     """The WhatsApp Cloud API channel."""
 
 
+from .sandbox.cli import sandbox_command  # noqa: E402 - registered under the group above
+
+whatsapp.add_command(sandbox_command)
+
+
 @whatsapp.group("templates")
 def templates() -> None:
     """The account's message templates."""

@@ -1,0 +1,229 @@
+"""``omnichannel demo``: the framework doing its job against the WhatsApp sandbox, with no account.
+
+It starts the sandbox and ``omnichannel serve``'s web app in this process, sends
+a template campaign through the command bus and the full send pipeline (every
+installed plugin takes part: resilience and metrics when present), injects an
+outage in the middle and shows what happened to each message, lets the status
+webhooks come back through the real, signed webhook route, and ends with a table
+of what was sent, delivered, read and failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import click
+from aiohttp import web
+
+from omnichannel import (
+    DeliveryFailed,
+    DeliveryStatus,
+    Event,
+    MessageSent,
+    OmniChannelService,
+    PluginSettings,
+    Receipt,
+    SendBulk,
+    ServiceConfig,
+    StatusChanged,
+    Template,
+    TemplateButton,
+    hookimpl,
+    make_app,
+)
+
+from .sandbox import Fault, Sandbox, SandboxSettings
+from .templates import TemplateInfo, parse_template
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+CAMPAIGN = 12
+"""Recipients of the demo campaign."""
+OUTAGE = 3
+"""Requests the sandbox fails (503, Graph code 2) in the middle of the campaign."""
+NOT_ON_WHATSAPP = "15550000404"
+STATUS_RANK = {
+    DeliveryStatus.SENT: 1,
+    DeliveryStatus.DELIVERED: 2,
+    DeliveryStatus.READ: 3,
+}
+
+
+@attrs.define
+class Tracker:
+    """A listener plugin: the furthest status of every message of the campaign."""
+
+    status: dict[str, DeliveryStatus] = attrs.field(factory=dict)
+    reasons: dict[str, str] = attrs.field(factory=dict)
+    webhooks: int = 0
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, MessageSent):
+            # A resend that succeeds after a failure: the message is on its way after all.
+            if self.status.get(event.message.id) in (None, DeliveryStatus.FAILED):
+                self.status[event.message.id] = DeliveryStatus.ACCEPTED
+                self.reasons.pop(event.message.id, None)
+        elif isinstance(event, DeliveryFailed) and event.receipt.error is not None:
+            self.status[event.message.id] = DeliveryStatus.FAILED
+            self.reasons[event.message.id] = event.receipt.error.kind
+        elif isinstance(event, StatusChanged) and event.message_id is not None:
+            self.webhooks += 1
+            self._advance(event)
+
+    def _advance(self, event: StatusChanged) -> None:
+        assert event.message_id is not None
+        current = self.status.get(event.message_id)
+        if event.status is DeliveryStatus.FAILED:
+            self.status[event.message_id] = DeliveryStatus.FAILED
+            self.reasons[event.message_id] = f"code {event.error.code}" if event.error else "failed"
+        elif current is not DeliveryStatus.FAILED and STATUS_RANK.get(event.status, 0) > STATUS_RANK.get(
+            current or DeliveryStatus.ACCEPTED, 0
+        ):
+            self.status[event.message_id] = event.status
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _demo_template(templates: Sequence[dict[str, Any]]) -> Template:
+    """A template message that fits the first approved, positional template with a body."""
+    infos = [parse_template(t) for t in templates]
+    info = next(
+        i
+        for i in infos
+        if i.status == "APPROVED" and i.parameter_format == "POSITIONAL" and i.body_parameters
+    )
+    return _fill(info)
+
+
+def _fill(info: TemplateInfo) -> Template:
+    samples = ["Ann", "8899", "today", "Lisbon", "2", "blue"]
+    count = info.body_parameters if isinstance(info.body_parameters, int) else len(info.body_parameters)
+    header = ["#8899"] * (info.header_parameters if isinstance(info.header_parameters, int) else 0)
+    buttons = [
+        TemplateButton("url" if kind == "URL" else "quick_reply", index, "8899")
+        for index, kind, takes in info.buttons
+        if takes and kind in ("URL", "QUICK_REPLY")
+    ]
+    return Template(info.name, info.language, header=header, body=samples[:count], buttons=buttons)
+
+
+def _line(receipt: Receipt, phase: str) -> str:
+    if receipt.ok:
+        return f"  {phase:<9} {receipt.message_id[-8:]}  accepted  {receipt.provider_message_id}"
+    error = receipt.error
+    assert error is not None
+    retry = "retryable" if error.retryable else "final"
+    return f"  {phase:<9} {receipt.message_id[-8:]}  FAILED    {error.kind} (code {error.code}, {retry})"
+
+
+async def run_demo(echo: Any = click.echo) -> dict[str, int]:
+    """Run the demo; return the final count of messages by status."""
+    started = time.monotonic()
+    host = "127.0.0.1"
+    port = _free_port(host)
+    settings = SandboxSettings(
+        webhook_url=f"http://{host}:{port}/webhooks/whatsapp",
+        not_on_whatsapp=(NOT_ON_WHATSAPP,),
+        read_probability=0.7,
+        seed=7,
+    )
+    tracker = Tracker()
+    async with Sandbox(settings) as sandbox:
+        config = ServiceConfig(
+            plugins={
+                "whatsapp": PluginSettings(
+                    settings={
+                        "base_url": sandbox.url,
+                        "phone_number_id": settings.phone_number_id,
+                        "waba_id": settings.waba_id,
+                        "access_token": settings.access_token,
+                        "app_secret": settings.app_secret,
+                        "verify_token": "demo-verify-token",
+                    }
+                )
+            }
+        )
+        service = OmniChannelService(config, plugins=[("demo-tracker", tracker)])
+        names = ", ".join(p.name for p in service.plugins() if not p.builtin and p.name != "demo-tracker")
+        echo(f"omnichannel demo: WhatsApp sandbox at {sandbox.url}, webhooks to {settings.webhook_url}")
+        echo(f"plugins: {names}")
+        runner = web.AppRunner(make_app(service, manage_service=False))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            async with service:
+                await _campaign(service, sandbox, tracker, echo)
+                echo("waiting for the status webhooks ...")
+                await sandbox.dispatcher.drain(timeout_s=20)
+        finally:
+            await runner.cleanup()
+    counts = Counter(str(status) for status in tracker.status.values())
+    _summary(tracker, counts, echo)
+    echo(f"done in {time.monotonic() - started:.1f} s")
+    return dict(counts)
+
+
+async def _campaign(service: OmniChannelService, sandbox: Sandbox, tracker: Tracker, echo: Any) -> None:
+    template = _demo_template(sandbox.state.templates)
+    recipients = [f"+1555010{i:04d}" for i in range(CAMPAIGN - 1)] + [f"+{NOT_ON_WHATSAPP}"]
+    half = CAMPAIGN // 2
+    echo(f"\nsending template {template.name!r} ({template.language}) to {CAMPAIGN} recipients")
+    first = await service.bus.dispatch(SendBulk(recipients[:half], template, channel="whatsapp"))
+    for receipt in first.receipts:
+        echo(_line(receipt, "sent"))
+
+    echo(f"\noutage: the sandbox now fails the next {OUTAGE} requests with 503 (Graph code 2)")
+    sandbox.faults.add(Fault(kind="error", http_status=503, code=2, remaining=OUTAGE))
+    bulk = SendBulk(recipients[half:], template, channel="whatsapp")
+    second = await service.bus.dispatch(bulk)
+    for receipt in second.receipts:
+        echo(_line(receipt, "outage"))
+    # The same message (id and idempotency key) again, for each transient failure.
+    retry = [
+        attrs.evolve(message, id=receipt.message_id)
+        for message, receipt in zip(bulk.messages(), second.receipts, strict=True)
+        if receipt.error is not None and receipt.error.retryable
+    ]
+    if retry:
+        echo(
+            f"\nthe framework classified {len(retry)} failure(s) as transient (retryable, nothing was "
+            "delivered); the outage is over, so they are sent again:"
+        )
+        sandbox.faults.clear()
+        for receipt in await service.send_many(retry):
+            echo(_line(receipt, "retried"))
+
+
+def _summary(tracker: Tracker, counts: Counter[str], echo: Any) -> None:
+    echo("\nsummary")
+    rows = [
+        ("accepted, no status yet", counts.get("accepted", 0)),
+        ("sent", counts.get("sent", 0)),
+        ("delivered", counts.get("delivered", 0)),
+        ("read", counts.get("read", 0)),
+        ("failed", counts.get("failed", 0)),
+    ]
+    for label, number in rows:
+        echo(f"  {label:<24} {number:>3}")
+    reasons = Counter(tracker.reasons.values())
+    for reason, number in sorted(reasons.items()):
+        echo(f"    failed: {reason:<18} {number:>3}")
+    echo(f"  status webhooks received {tracker.webhooks:>3}")
+
+
+@click.command("demo")
+def demo_command() -> None:
+    """Show the framework at work against a local WhatsApp sandbox (no account needed)."""
+    asyncio.run(run_demo())
