@@ -1,7 +1,8 @@
-"""The sandbox's Graph API (graph.py), its limits (limits.py) and its templates (seed.py), over real sockets."""
+"""The sandbox's Graph API (graph.py), limits (limits.py) and templates (seed.py), over real sockets."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -18,7 +19,6 @@ from omnichannel import (
     ListMenu,
     ListRow,
     ListSection,
-    LocationParam,
     Media,
     MediaParam,
     Message,
@@ -39,7 +39,12 @@ from omnichannel_whatsapp.sandbox.graph import GraphError, MediaStore, graph_err
 from omnichannel_whatsapp.sandbox.limits import Limits
 from omnichannel_whatsapp.sandbox.seed import load_templates, normalize_templates
 from omnichannel_whatsapp.sandbox.state import SandboxSettings, SandboxState
-from omnichannel_whatsapp.templates import TemplateRegistry, check_template, parse_template
+from omnichannel_whatsapp.templates import (
+    MemoryTemplateCache,
+    TemplateRegistry,
+    check_template,
+    parse_template,
+)
 from omnichannel_whatsapp.validation import validate_message
 
 SETTINGS = SandboxSettings()
@@ -164,7 +169,10 @@ MESSAGES = {
     "sticker": Media("sticker", url="https://cdn.example/s.webp"),
     "document": Media("document", media_id="1234", filename="invoice.pdf", caption="Your invoice"),
     "template positional": Template(
-        "order_update", header=["#8899"], body=["Pablo", "8899", "today"], buttons=[TemplateButton("url", 1, "8899")]
+        "order_update",
+        header=["#8899"],
+        body=["Pablo", CurrencyParam("$12.50", "USD", 12500), "today"],
+        buttons=[TemplateButton("url", 1, "8899")],
     ),
     "template pt_BR": Template(
         "order_update",
@@ -233,7 +241,10 @@ async def test_every_message_the_plugin_builds_is_accepted_with_metas_success_sh
             "interactive": {
                 "type": "cta_url",
                 "body": {"text": "See the offer"},
-                "action": {"name": "cta_url", "parameters": {"display_text": "Open", "url": "https://x.example"}},
+                "action": {
+                    "name": "cta_url",
+                    "parameters": {"display_text": "Open", "url": "https://x.example"},
+                },
             },
         },
         {
@@ -254,7 +265,12 @@ async def test_every_message_the_plugin_builds_is_accepted_with_metas_success_sh
                             {"type": "date_time", "date_time": {"fallback_value": "today"}},
                         ],
                     },
-                    {"type": "button", "sub_type": "URL", "index": 1, "parameters": [{"type": "text", "text": "1"}]},
+                    {
+                        "type": "button",
+                        "sub_type": "URL",
+                        "index": 1,
+                        "parameters": [{"type": "text", "text": "1"}],
+                    },
                 ],
             },
         },
@@ -335,7 +351,9 @@ async def test_a_wrong_token_is_190(graph, header):
 
 
 async def test_the_token_may_come_as_access_token_parameter(graph):
-    status, _ = await graph.request("POST", f"{PNID}/messages?access_token={TOKEN}", json=text_body(), headers={})
+    status, _ = await graph.request(
+        "POST", f"{PNID}/messages", params={"access_token": TOKEN}, json=text_body(), headers={}
+    )
 
     assert status == 200
 
@@ -356,7 +374,9 @@ async def test_fbtrace_ids_are_random_per_error_and_follow_the_seed(clock):
         try:
             async with aiohttp.ClientSession() as http:
                 graph = Graph(state, server, http)
-                return [(await graph.send(text_body(), headers={}))[1]["error"]["fbtrace_id"] for _ in range(3)]
+                return [
+                    (await graph.send(text_body(), headers={}))[1]["error"]["fbtrace_id"] for _ in range(3)
+                ]
         finally:
             await server.close()
 
@@ -382,11 +402,16 @@ TYPES = "AUDIO, CONTACTS, DOCUMENT, IMAGE, INTERACTIVE, LOCATION, REACTION, STIC
 
 
 def interactive(kind, action, **extra):
-    return {"type": "interactive", "interactive": {"type": kind, "body": {"text": "Pick"}, "action": action, **extra}}
+    return {
+        "type": "interactive",
+        "interactive": {"type": kind, "body": {"text": "Pick"}, "action": action, **extra},
+    }
 
 
 def reply_buttons(*titles):
-    return {"buttons": [{"type": "reply", "reply": {"id": f"id-{i}", "title": t}} for i, t in enumerate(titles)]}
+    return {
+        "buttons": [{"type": "reply", "reply": {"id": f"id-{i}", "title": t}} for i, t in enumerate(titles)]
+    }
 
 
 BODY_ERRORS = {
@@ -413,7 +438,11 @@ BODY_ERRORS = {
     ),
     "recipient is the sender": (
         text_body(to=SETTINGS.display_phone_number),
-        error(131021, "(#131021) Recipient cannot be sender", details="Sender and recipient phone number is the same."),
+        error(
+            131021,
+            "(#131021) Recipient cannot be sender",
+            details="Sender and recipient phone number is the same.",
+        ),
     ),
     "unknown type": (
         {**text_body(), "type": "fax"},
@@ -473,7 +502,9 @@ BODY_ERRORS = {
     ),
     "four buttons": (
         interactive("button", reply_buttons("A", "B", "C", "D")),
-        error(131009, NOT_VALID, details="Invalid buttons count. Min allowed buttons: 1, Max allowed buttons: 3"),
+        error(
+            131009, NOT_VALID, details="Invalid buttons count. Min allowed buttons: 1, Max allowed buttons: 3"
+        ),
     ),
     "repeated button titles": (
         interactive("button", reply_buttons("Yes", "Yes")),
@@ -495,7 +526,11 @@ BODY_ERRORS = {
     ),
     "untitled sections": (
         interactive(
-            "list", {"button": "Pick", "sections": [{"rows": [{"id": "a", "title": "A"}]}, {"rows": [{"id": "b", "title": "B"}]}]}
+            "list",
+            {
+                "button": "Pick",
+                "sections": [{"rows": [{"id": "a", "title": "A"}]}, {"rows": [{"id": "b", "title": "B"}]}],
+            },
         ),
         error(100, "(#100) The parameter interactive['action']['sections'][0]['title'] is required."),
     ),
@@ -503,9 +538,9 @@ BODY_ERRORS = {
         interactive("carrousel", {}),
         error(
             100,
-            "(#100) Param interactive['type'] must be one of {ADDRESS_MESSAGE, BUTTON, CALL_PERMISSION_REQUEST, "
-            "CAROUSEL, CATALOG_MESSAGE, CTA_URL, FLOW, LIST, LOCATION_REQUEST_MESSAGE, PRODUCT, PRODUCT_LIST, "
-            'VOICE_CALL} - got "carrousel".',
+            "(#100) Param interactive['type'] must be one of {ADDRESS_MESSAGE, BUTTON, "
+            "CALL_PERMISSION_REQUEST, CAROUSEL, CATALOG_MESSAGE, CTA_URL, FLOW, LIST, "
+            'LOCATION_REQUEST_MESSAGE, PRODUCT, PRODUCT_LIST, VOICE_CALL} - got "carrousel".',
         ),
     ),
     "location without longitude": (
@@ -525,7 +560,8 @@ BODY_ERRORS = {
 
 @pytest.mark.parametrize(("body", "expected"), BODY_ERRORS.values(), ids=BODY_ERRORS.keys())
 async def test_invalid_bodies_get_metas_error(graph, body, expected):
-    full = {"messaging_product": "whatsapp", "to": TO, **body} if "type" in body and "to" not in body else body
+    partial = "messaging_product" not in body and "to" not in body
+    full = {"messaging_product": "whatsapp", "to": TO, **body} if partial else body
 
     status, answer = await graph.send(full)
 
@@ -587,11 +623,15 @@ TEMPLATE_ERRORS = {
         error(
             132016,
             "(#132016) Template is Disabled",
-            details="Template has been paused too many times due to low quality and is now permanently disabled.",
+            details="Template has been paused too many times due to low quality "
+            "and is now permanently disabled.",
         ),
     ),
     "body count": (
-        template_body("order_update", components=[ORDER_UPDATE[0], {"type": "body", "parameters": params("Pablo")}, ORDER_UPDATE[2]]),
+        template_body(
+            "order_update",
+            components=[ORDER_UPDATE[0], {"type": "body", "parameters": params("Pablo")}, ORDER_UPDATE[2]],
+        ),
         400,
         error(
             132000,
@@ -609,7 +649,9 @@ TEMPLATE_ERRORS = {
         ),
     ),
     "missing media header": (
-        template_body("appointment_reminder", components=[{"type": "body", "parameters": params("A", "B", "C")}]),
+        template_body(
+            "appointment_reminder", components=[{"type": "body", "parameters": params("A", "B", "C")}]
+        ),
         400,
         error(
             132012,
@@ -621,7 +663,10 @@ TEMPLATE_ERRORS = {
         template_body(
             "appointment_reminder",
             components=[
-                {"type": "header", "parameters": [{"type": "video", "video": {"link": "https://x.example/v.mp4"}}]},
+                {
+                    "type": "header",
+                    "parameters": [{"type": "video", "video": {"link": "https://x.example/v.mp4"}}],
+                },
                 {"type": "body", "parameters": params("A", "B", "C")},
             ],
         ),
@@ -659,7 +704,10 @@ TEMPLATE_ERRORS = {
     ),
     "wrong parameter name": (
         template_body(
-            "welcome", components=[{"type": "body", "parameters": [{"type": "text", "parameter_name": "name", "text": "A"}]}]
+            "welcome",
+            components=[
+                {"type": "body", "parameters": [{"type": "text", "parameter_name": "name", "text": "A"}]}
+            ],
         ),
         400,
         error(
@@ -682,14 +730,20 @@ TEMPLATE_ERRORS = {
             "order_update",
             components=[
                 *ORDER_UPDATE,
-                {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": "x"}]},
+                {
+                    "type": "button",
+                    "sub_type": "url",
+                    "index": "0",
+                    "parameters": [{"type": "text", "text": "x"}],
+                },
             ],
         ),
         400,
         error(
             132012,
             "(#132012) Parameter format does not match format in the created template",
-            details="buttons: Button at index 0 of type QuickReply: Format mismatch, expected QUICK_REPLY, received URL",
+            details="buttons: Button at index 0 of type QuickReply: "
+            "Format mismatch, expected QUICK_REPLY, received URL",
         ),
     ),
     "button that does not exist": (
@@ -697,7 +751,12 @@ TEMPLATE_ERRORS = {
             "order_update",
             components=[
                 *ORDER_UPDATE,
-                {"type": "button", "sub_type": "quick_reply", "index": 5, "parameters": [{"type": "payload", "payload": "x"}]},
+                {
+                    "type": "button",
+                    "sub_type": "quick_reply",
+                    "index": 5,
+                    "parameters": [{"type": "payload", "payload": "x"}],
+                },
             ],
         ),
         400,
@@ -705,7 +764,12 @@ TEMPLATE_ERRORS = {
     ),
     "new line in a parameter": (
         template_body(
-            "order_update", components=[ORDER_UPDATE[0], {"type": "body", "parameters": params("Pa\nblo", "1", "2")}, ORDER_UPDATE[2]]
+            "order_update",
+            components=[
+                ORDER_UPDATE[0],
+                {"type": "body", "parameters": params("Pa\nblo", "1", "2")},
+                ORDER_UPDATE[2],
+            ],
         ),
         400,
         error(
@@ -716,13 +780,15 @@ TEMPLATE_ERRORS = {
     ),
     "five spaces in a parameter": (
         template_body(
-            "order_update", components=[{"type": "header", "parameters": params("#1     2")}, *ORDER_UPDATE[1:]]
+            "order_update",
+            components=[{"type": "header", "parameters": params("#1     2")}, *ORDER_UPDATE[1:]],
         ),
         400,
         error(
             132018,
             "(#132018) There's an issue with the parameters in your template",
-            details="header: Param text cannot have new-line/tab characters or more than 4 consecutive spaces",
+            details="header: Param text cannot have new-line/tab characters "
+            "or more than 4 consecutive spaces",
         ),
     ),
     "authentication code too long": (
@@ -730,7 +796,12 @@ TEMPLATE_ERRORS = {
             "verification_code",
             components=[
                 {"type": "body", "parameters": params("1234567890123456")},
-                {"type": "button", "sub_type": "url", "index": 0, "parameters": [{"type": "text", "text": "1"}]},
+                {
+                    "type": "button",
+                    "sub_type": "url",
+                    "index": 0,
+                    "parameters": [{"type": "text", "text": "1"}],
+                },
             ],
         ),
         400,
@@ -741,7 +812,10 @@ TEMPLATE_ERRORS = {
         ),
     ),
     "text parameter without text": (
-        template_body("welcome", components=[{"type": "body", "parameters": [{"type": "text", "parameter_name": "first_name"}]}]),
+        template_body(
+            "welcome",
+            components=[{"type": "body", "parameters": [{"type": "text", "parameter_name": "first_name"}]}],
+        ),
         400,
         error(100, INVALID, details="Parameter 'text' is mandatory for component parameter type 'text'"),
     ),
@@ -838,12 +912,17 @@ async def test_templates_filters_fields_and_summary(graph):
     assert page["summary"] == {"total_count": len(approved)}
 
     _, by_name = await graph.request("GET", f"{WABA}/message_templates", params={"name": "order_update"})
-    assert [(t["name"], t["language"]) for t in by_name["data"]] == [("order_update", "en_US"), ("order_update", "pt_BR")]
+    assert [(t["name"], t["language"]) for t in by_name["data"]] == [
+        ("order_update", "en_US"),
+        ("order_update", "pt_BR"),
+    ]
 
     _, paused = await graph.request("GET", f"{WABA}/message_templates", params={"status": "paused,disabled"})
     assert [t["name"] for t in paused["data"]] == ["spring_sale", "winter_clearance"]
 
-    _, found = await graph.request("GET", f"{WABA}/message_templates", params={"content": "VERIFICATION code"})
+    _, found = await graph.request(
+        "GET", f"{WABA}/message_templates", params={"content": "VERIFICATION code"}
+    )
     assert [t["name"] for t in found["data"]] == ["verification_code"]
 
 
@@ -866,17 +945,20 @@ async def test_a_template_by_id(graph):
 
     status, answer = await graph.request("GET", template["id"], params={"fields": "name,language"})
 
-    assert (status, answer) == (200, {"name": template["name"], "language": template["language"], "id": template["id"]})
+    assert (status, answer) == (
+        200,
+        {"name": template["name"], "language": template["language"], "id": template["id"]},
+    )
 
 
 async def test_the_plugins_registry_reads_every_template_and_agrees_with_the_sandbox(graph, clock):
-    from omnichannel_whatsapp.templates import MemoryTemplateCache
-
     registry = TemplateRegistry(graph.client().get_json, WABA, MemoryTemplateCache(60, clock))
     known = await registry.templates()
 
     assert len(known) == len(graph.state.templates)
-    assert {(t.name, t.language) for t in known} == {(t["name"], t["language"]) for t in graph.state.templates}
+    assert {(t.name, t.language) for t in known} == {
+        (t["name"], t["language"]) for t in graph.state.templates
+    }
     for name, content in MESSAGES.items():
         if isinstance(content, Template):
             assert check_template(content, known) == [], name
@@ -931,8 +1013,6 @@ def upload_form(data=b"\xff\xd8\xff\xe0jpeg", mime="image/jpeg", product="whatsa
 
 
 async def test_media_upload_read_download_delete(graph):
-    import hashlib
-
     status, uploaded = await graph.request("POST", f"{PNID}/media", data=upload_form())
     assert status == 200
     media_id = uploaded["id"]
@@ -982,7 +1062,11 @@ async def test_uploaded_media_can_be_sent_by_id(graph):
         (upload_form(product=None), 100, "(#100) The parameter messaging_product is required."),
         (upload_form(data=None), 100, "(#100) The parameter file is required."),
         (upload_form(mime="text/html"), 100, None),
-        (upload_form(data=b"x" * (500 * 1024 + 1), mime="image/webp"), 131053, "(#131053) Media upload error"),
+        (
+            upload_form(data=b"x" * (500 * 1024 + 1), mime="image/webp"),
+            131053,
+            "(#131053) Media upload error",
+        ),
     ],
     ids=["no messaging_product", "no file", "unsupported type", "too big"],
 )
@@ -994,7 +1078,9 @@ async def test_bad_uploads(graph, form, code, message):
     if message is not None:
         assert answer["error"]["message"] == message
     else:
-        assert answer["error"]["message"].startswith("(#100) Param file must be a file with one of the following types")
+        assert answer["error"]["message"].startswith(
+            "(#100) Param file must be a file with one of the following types"
+        )
         assert answer["error"]["message"].endswith("Received file of type 'text/html'.")
 
 
@@ -1047,11 +1133,19 @@ def test_graph_error_response_builds_metas_envelope():
         "type": "OAuthException",
         "code": 131000,
         "is_transient": True,
-        "error_data": {"messaging_product": "whatsapp", "details": "Something went wrong. Please try again later."},
+        "error_data": {
+            "messaging_product": "whatsapp",
+            "details": "Something went wrong. Please try again later.",
+        },
     }
     assert state.counters == {"error.131000": 1}
     assert GraphError(4).envelope("t") == {
-        "error": {"message": "(#4) Application request limit reached", "type": "OAuthException", "code": 4, "fbtrace_id": "t"}
+        "error": {
+            "message": "(#4) Application request limit reached",
+            "type": "OAuthException",
+            "code": 4,
+            "fbtrace_id": "t",
+        }
     }
 
 
@@ -1108,16 +1202,20 @@ def limits_for(clock, **settings):
 
 def test_a_refused_message_consumes_nothing(clock):
     limits = limits_for(clock, throughput_mps=2, pair_interval_s=10, pair_burst=2)
+    assert limits.check("a") is None
+    clock.advance(0.5)
+    assert limits.check("a") is None  # the pair's burst of 2 is spent
 
-    assert [limits.check("a"), limits.check("a")] == [None, None]
+    clock.advance(0.5)
     assert limits.check("a") == 131056
-    assert limits.check("b") == 130429  # the number's burst of 2 is spent
+    # The refusal took nothing from the number: its burst of 2 is still there.
+    assert [limits.check("b"), limits.check("c"), limits.check("d")] == [None, None, 130429]
     for _ in range(100):
-        assert limits.check("a") in (130429, 131056)
+        assert limits.check("a") == 130429
 
     clock.advance(10)
+    # Nor did 100 refusals take anything from the pair: one slot came back in 10 s.
     assert limits.check("a") is None
-    assert limits.check("a") is None  # 10 s refilled the number and one pair slot; the 2nd is the burst's
     assert limits.check("a") == 131056
 
 
@@ -1160,8 +1258,7 @@ async def test_routes_share_the_limits_they_are_given(state, clock):
         async with aiohttp.ClientSession() as http:
             graph = Graph(state, server, http)
             for _ in range(45):
-                clock.advance(1)
-                await graph.send(text_body())
+                assert (await graph.send(text_body()))[0] == 200
             assert (await graph.send(text_body()))[1]["error"]["code"] == 131056
             limits.reset()
             assert (await graph.send(text_body()))[0] == 200
@@ -1169,7 +1266,7 @@ async def test_routes_share_the_limits_they_are_given(state, clock):
         await server.close()
 
 
-# ---------------------------------------------------------------- the plugin's GraphClient against the sandbox
+# ---------------------------------------------------------------- the plugin's GraphClient, against the sandb
 
 
 async def test_the_graph_client_sends(graph):
@@ -1239,7 +1336,15 @@ def test_the_shipped_templates():
     assert {t["status"] for t in templates} >= {"APPROVED", "PAUSED", "REJECTED", "DISABLED"}
     assert all(t["id"].isdigit() for t in templates)
     assert len({t["id"] for t in templates}) == len(templates)
-    assert list(templates[0])[:7] == ["id", "name", "language", "status", "category", "parameter_format", "components"]
+    assert list(templates[0])[:7] == [
+        "id",
+        "name",
+        "language",
+        "status",
+        "category",
+        "parameter_format",
+        "components",
+    ]
     for template in templates:
         parse_template(template)  # the plugin reads every one
     assert load_templates(None) == templates
@@ -1252,14 +1357,20 @@ def test_a_json_seed_completes_ids_and_formats(tmp_path):
         json.dumps(
             [
                 {"name": "greet", "language": "en", "components": [{"type": "body", "text": "Hi {{name}}"}]},
-                {"name": "greet", "language": "de", "status": "paused", "components": [{"type": "BODY", "text": "Hallo"}]},
+                {
+                    "name": "greet",
+                    "language": "de",
+                    "status": "paused",
+                    "components": [{"type": "BODY", "text": "Hallo"}],
+                },
             ]
         )
     )
 
     first, second = load_templates(str(path))
 
-    assert first["id"].isdigit() and len(first["id"]) == 16
+    assert first["id"].isdigit()
+    assert len(first["id"]) == 16
     assert first["id"] != second["id"]
     assert first["parameter_format"] == "NAMED"
     assert first["status"] == "APPROVED"
@@ -1305,7 +1416,11 @@ buttons = [{type = "URL", text = "Track", url = "https://shop.example/track/{{1}
 @pytest.mark.parametrize(
     ("name", "text", "problem"),
     [
-        ("t.json", "{not json", "templates file: not JSON: Expecting property name enclosed in double quotes"),
+        (
+            "t.json",
+            "{not json",
+            "templates file: not JSON: Expecting property name enclosed in double quotes",
+        ),
         ("t.toml", "[[templates]\n", "templates file: not TOML"),
         ("t.yaml", "templates: []", "templates file: must end in .json or .toml, got '.yaml'"),
         ("t.json", '{"other": []}', "templates: missing"),
@@ -1318,7 +1433,8 @@ buttons = [{type = "URL", text = "Track", url = "https://shop.example/track/{{1}
         ),
         (
             "t.json",
-            '[{"name": "x", "language": "en", "status": "LIVE", "components": [{"type": "BODY", "text": "a"}]}]',
+            '[{"name": "x", "language": "en", "status": "LIVE",'
+            ' "components": [{"type": "BODY", "text": "a"}]}]',
             "templates[0].status: must be one of APPROVED",
         ),
         (
@@ -1368,7 +1484,12 @@ def test_every_problem_of_a_seed_is_reported_at_once():
         normalize_templates(
             [
                 {"name": "a", "language": "en"},
-                {"name": "b", "language": "en", "category": "PROMO", "components": [{"type": "BODY", "text": "x"}]},
+                {
+                    "name": "b",
+                    "language": "en",
+                    "category": "PROMO",
+                    "components": [{"type": "BODY", "text": "x"}],
+                },
             ],
             source="seed.json",
         )

@@ -151,11 +151,8 @@ def control_routes(state: SandboxState, plan: FaultPlan, dispatcher: WebhookDisp
         return web.json_response({"removed": plan.clear()})
 
     async def reset(request: web.Request) -> web.Response:
-        state.messages.clear()
-        state.webhooks.clear()
-        state.counters.clear()
         plan.clear()
-        state.rng.seed(state.settings.seed)
+        state.reset()
         return web.json_response({"status": "reset"})
 
     async def drain(request: web.Request) -> web.Response:

@@ -114,6 +114,8 @@ class SandboxState:
     """The template definitions, as ``GET /{waba}/message_templates`` returns them."""
     accepted_listeners: list[Callable[[RecordedMessage], None]] = attrs.field(factory=list)
     """Called for each accepted message (the webhook delivery schedules its statuses)."""
+    reset_listeners: list[Callable[[], None]] = attrs.field(factory=list)
+    """Called by ``reset()`` (the rate limits forget their budgets)."""
     _ids: itertools.count[int] = attrs.field(factory=itertools.count)
 
     def __attrs_post_init__(self) -> None:
@@ -123,6 +125,15 @@ class SandboxState:
         """A new message id shaped like Meta's: ``wamid.`` and base64."""
         raw = f"sandbox.{self.settings.phone_number_id}.{next(self._ids):012d}".encode()
         return "wamid." + base64.b64encode(raw).decode()
+
+    def reset(self) -> None:
+        """Forget messages, webhooks and counters, reseed, and tell the listeners."""
+        self.messages.clear()
+        self.webhooks.clear()
+        self.counters.clear()
+        self.rng.seed(self.settings.seed)
+        for listener in self.reset_listeners:
+            listener()
 
     def accept(self, body: dict[str, Any], recipient: str) -> RecordedMessage:
         """Record an accepted message, tell the listeners, and return it."""
