@@ -1,14 +1,20 @@
-"""The wired WhatsApp plugin: through the service, the server and the CLI, against a local Graph API."""
+"""The wired WhatsApp plugin: through the service, the server and the CLI, against the WhatsApp sandbox.
+
+Every request goes over a real loopback socket to ``omnichannel_whatsapp.sandbox``.
+The conformance suite has a sync test and the CLI runs its own event loop
+(``asyncio.run`` inside click), so the shared sandbox is served by an event loop
+of its own in a background thread (``SandboxThread``); its state is only ever
+touched on that loop. Tests that need a sandbox with other settings (webhooks
+back to the service, a tiny throughput) run one on their own loop.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,9 +24,11 @@ import omnichannel_whatsapp
 from omnichannel import (
     Buttons,
     DeliveryStatus,
+    ErrorScope,
     Media,
     Message,
     MessageValidationError,
+    OmniChannelService,
     PermanentDeliveryError,
     PluginSettings,
     RateLimitedError,
@@ -29,139 +37,174 @@ from omnichannel import (
     ServiceConfig,
     StatusChanged,
     Template,
+    TemplateButton,
     Text,
 )
 from omnichannel.cli import cli
 from omnichannel.server import make_app
-from omnichannel.testing import ChannelPluginConformance, EventRecorder, make_service
+from omnichannel.testing import ChannelPluginConformance, EventRecorder, FakeClock, make_service
+from omnichannel_whatsapp.sandbox import Fault, RecordedMessage, Sandbox, SandboxSettings
 
-PHONE_ID = "123"
-WABA_ID = "999"
-NOT_ON_WHATSAPP = "15550000001"
-THROTTLED = "15550000002"
+T = TypeVar("T")
 
-TEMPLATES = [
-    {
-        "id": "1",
-        "name": "order_update",
-        "language": "en_US",
-        "status": "APPROVED",
-        "category": "UTILITY",
-        "parameter_format": "POSITIONAL",
-        "components": [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} ships today."}],
-    },
-    {
-        "id": "2",
-        "name": "order_update",
-        "language": "pt_BR",
-        "status": "APPROVED",
-        "category": "UTILITY",
-        "parameter_format": "POSITIONAL",
-        "components": [{"type": "BODY", "text": "Oi {{1}}, pedido {{2}}."}],
-    },
-]
+ACCESS_TOKEN = "EAAG-test-token"
+APP_SECRET = "app-secret"
+VERIFY_TOKEN = "verify-me"
+RECIPIENT = "+16505551234"
+WAIT_S = 10.0
+"""The longest a test waits for the sandbox's thread; only a broken sandbox ever takes that long."""
 
 
-def graph_error(code: int, message: str) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": f"(#{code}) {message}",
-            "type": "OAuthException",
-            "code": code,
-            "fbtrace_id": "A1",
-        }
+def sandbox_settings(**changes: Any) -> SandboxSettings:
+    """The sandbox's defaults, with the credentials these tests configure the plugin with."""
+    return SandboxSettings(**{"access_token": ACCESS_TOKEN, "app_secret": APP_SECRET, **changes})
+
+
+def order_update(language: str = "en_US", **changes: Any) -> Template:
+    """A send of the seed template ``order_update``: header {{1}}, body {{1}} to {{3}}, a URL button."""
+    fields: dict[str, Any] = {
+        "header": ["#8899"],
+        "body": ["Ann", "8899", "today"],
+        "buttons": [TemplateButton("url", 1, "8899")],
+        **changes,
     }
+    return Template("order_update", language, **fields)
 
 
-class FakeGraph(ThreadingHTTPServer):
-    """A stand-in for graph.facebook.com on loopback, in a thread (usable from sync and async code)."""
+class SandboxThread:
+    """A ``Sandbox`` served by its own event loop in a background thread.
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.sent: list[dict[str, Any]] = []
-        self.authorizations: list[str] = []
+    ``start()`` returns once the sandbox listens; ``stop()`` runs ``Sandbox.stop()``
+    on the sandbox's loop, ends the loop and joins the thread. ``call`` runs a
+    function of the sandbox on its loop and returns the result (the sandbox's
+    state belongs to that loop); never call it from code that the sandbox waits on.
+    """
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self._settings = settings
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
+        self._sandbox: Sandbox | None = None
+        self._thread = threading.Thread(target=self._main, name="whatsapp-sandbox", daemon=True)
+
+    # ---------------------------------------------------------------- life
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._done = asyncio.Event()
+            self._sandbox = Sandbox(self._settings)
+            await self._sandbox.start()
+        except BaseException as exc:  # reported by start(), in the test's thread
+            self._error = exc
+            return
+        finally:
+            self._ready.set()
+        try:
+            await self._done.wait()
+        finally:
+            await self._sandbox.stop()  # a no-op after stop(); the last word if anything else ended the loop
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(WAIT_S):
+            raise RuntimeError(f"the sandbox did not start within {WAIT_S} s")
+        if self._error is not None:
+            self._thread.join(WAIT_S)
+            raise RuntimeError("the sandbox did not start") from self._error
+
+    def stop(self) -> None:
+        sandbox, loop, done = self._sandbox, self._loop, self._done
+        assert sandbox is not None
+        assert loop is not None
+        assert done is not None
+        try:
+            asyncio.run_coroutine_threadsafe(sandbox.stop(), loop).result(WAIT_S)
+        finally:
+            loop.call_soon_threadsafe(done.set)
+            self._thread.join(WAIT_S)
+        assert not self._thread.is_alive(), "the sandbox's thread did not end"
+
+    # ---------------------------------------------------------------- on the sandbox's loop
+
+    def call(self, work: Callable[[Sandbox], T]) -> T:
+        """``work(sandbox)``, run on the sandbox's loop; its result."""
+        sandbox, loop = self._sandbox, self._loop
+        assert sandbox is not None
+        assert loop is not None
+
+        async def run() -> T:
+            return work(sandbox)
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(WAIT_S)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        """The plugin's ``base_url`` (fixed once started)."""
+        assert self._sandbox is not None
+        return self._sandbox.url
 
+    @property
+    def settings(self) -> SandboxSettings:
+        """The settings it runs with (immutable; fixed once started)."""
+        assert self._sandbox is not None
+        return self._sandbox.settings
 
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeGraph
+    def reset(self) -> None:
+        """What ``POST /_sandbox/reset`` does: forget messages, webhooks, counters, budgets and faults."""
 
-    def log_message(self, *args: Any) -> None:
-        pass
+        def reset(sandbox: Sandbox) -> None:
+            sandbox.faults.clear()
+            sandbox.state.reset()
 
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.call(reset)
 
-    def do_POST(self) -> None:
-        self.server.authorizations.append(self.headers.get("Authorization", ""))
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != f"/v23.0/{PHONE_ID}/messages":
-            self._answer(400, graph_error(100, "Unsupported post request."))
-        elif body["to"] == NOT_ON_WHATSAPP:
-            self._answer(400, graph_error(131026, "Message undeliverable"))
-        elif body["to"] == THROTTLED:
-            self._answer(400, graph_error(130429, "Rate limit hit"))
-        else:
-            self.server.sent.append(body)
-            wamid = f"wamid.TEST{len(self.server.sent)}"
-            self._answer(
-                200,
-                {
-                    "messaging_product": "whatsapp",
-                    "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                    "messages": [{"id": wamid, "message_status": "accepted"}],
-                },
-            )
+    def messages(self) -> list[RecordedMessage]:
+        """The messages the send endpoint accepted since the last reset, oldest first."""
+        return self.call(lambda sandbox: list(sandbox.state.messages))
 
-    def do_GET(self) -> None:
-        self.server.authorizations.append(self.headers.get("Authorization", ""))
-        if self.path.startswith(f"/v23.0/{WABA_ID}/message_templates"):
-            self._answer(200, {"data": TEMPLATES, "paging": {"cursors": {"before": "a", "after": "b"}}})
-        elif self.path.startswith(f"/v23.0/{PHONE_ID}"):
-            self._answer(
-                200, {"verified_name": "Test Shop", "display_phone_number": "+1 555 0100", "id": PHONE_ID}
-            )
-        else:
-            self._answer(400, graph_error(100, "Unsupported get request."))
+    def counters(self) -> dict[str, int]:
+        """Requests and outcomes by name (``requests``, ``accepted``, ``error.<code>`` ...)."""
+        return self.call(lambda sandbox: dict(sandbox.state.counters))
+
+    def add_fault(self, fault: Fault) -> str:
+        return self.call(lambda sandbox: sandbox.faults.add(fault))
 
 
 @pytest.fixture(scope="module")
-def graph() -> Iterator[FakeGraph]:
-    server = FakeGraph()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def sandbox() -> Iterator[SandboxThread]:
+    served = SandboxThread(sandbox_settings())
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
 
 
 @pytest.fixture(autouse=True)
-def _fresh(graph: FakeGraph) -> None:
-    graph.sent.clear()
-    graph.authorizations.clear()
+def _fresh(sandbox: SandboxThread) -> None:
+    sandbox.reset()
 
 
-def settings(graph_url: str, **extra: Any) -> dict[str, Any]:
+def settings(sandbox: Sandbox | SandboxThread, **extra: Any) -> dict[str, Any]:
+    """``[plugins.whatsapp]`` pointing at ``sandbox`` (without ``waba_id`` unless given)."""
     return {
-        "phone_number_id": PHONE_ID,
-        "access_token": "EAAG-test-token",
-        "base_url": graph_url,
-        "app_secret": "app-secret",
-        "verify_token": "verify-me",
+        "phone_number_id": sandbox.settings.phone_number_id,
+        "access_token": sandbox.settings.access_token,
+        "base_url": sandbox.url,
+        "app_secret": sandbox.settings.app_secret,
+        "verify_token": VERIFY_TOKEN,
         **extra,
     }
 
 
-def whatsapp_service(graph_url: str, *plugins: object, **extra: Any):
-    config = ServiceConfig(plugins={"whatsapp": PluginSettings(settings=settings(graph_url, **extra))})
+def whatsapp_service(sandbox: Sandbox | SandboxThread, *plugins: object, **extra: Any) -> OmniChannelService:
+    config = ServiceConfig(plugins={"whatsapp": PluginSettings(settings=settings(sandbox, **extra))})
     return make_service(("whatsapp", omnichannel_whatsapp), *plugins, config=config)
 
 
@@ -169,29 +212,24 @@ class TestWhatsAppConformance(ChannelPluginConformance):
     channel = "whatsapp"
 
     @pytest.fixture(autouse=True)
-    def _graph(self, graph: FakeGraph) -> None:
-        self.graph_url = graph.url
+    def _sandbox(self, sandbox: SandboxThread) -> None:
+        self.sandbox = sandbox
 
     def make_plugin(self) -> object:
         return omnichannel_whatsapp
 
     def service_config(self) -> ServiceConfig:
-        return ServiceConfig(plugins={"plugin-under-test": PluginSettings(settings=settings(self.graph_url))})
+        return ServiceConfig(plugins={"plugin-under-test": PluginSettings(settings=settings(self.sandbox))})
 
     def valid_messages(self) -> list[Message]:
         return [
-            Message("+16505551234", Text("hello"), channel="whatsapp", id="m-text"),
+            Message(RECIPIENT, Text("hello"), channel="whatsapp", id="m-text"),
+            Message(RECIPIENT, order_update(), channel="whatsapp", id="m-tpl"),
             Message(
-                "+16505551234", Template("order_update", body=["Ann", "8899"]), channel="whatsapp", id="m-tpl"
+                RECIPIENT, Media("image", url="https://example.com/a.jpg"), channel="whatsapp", id="m-img"
             ),
             Message(
-                "+16505551234",
-                Media("image", url="https://example.com/a.jpg"),
-                channel="whatsapp",
-                id="m-img",
-            ),
-            Message(
-                "+16505551234",
+                RECIPIENT,
                 Buttons("Confirm?", [ReplyButton("yes", "Yes")]),
                 channel="whatsapp",
                 id="m-buttons",
@@ -201,127 +239,176 @@ class TestWhatsAppConformance(ChannelPluginConformance):
     def invalid_messages(self) -> list[Message]:
         return [
             Message("not a number", Text("hello"), channel="whatsapp"),
-            Message("+16505551234", Text("x" * 4097), channel="whatsapp"),
+            Message(RECIPIENT, Text("x" * 4097), channel="whatsapp"),
         ]
 
     def failure_cases(self) -> list[tuple[Message, type[Exception]]]:
+        # The suite sends these in order, one Graph request each, right after asking for them:
+        # each fault answers exactly one request (the sandbox's not_on_whatsapp numbers are
+        # accepted and fail later, by webhook, so the synchronous failures are injected).
+        self.sandbox.add_fault(Fault("error", http_status=400, code=131026, remaining=1))
+        self.sandbox.add_fault(Fault("error", http_status=400, code=130429, remaining=1))
         return [
-            (Message(f"+{NOT_ON_WHATSAPP}", Text("hi"), channel="whatsapp"), PermanentDeliveryError),
-            (Message(f"+{THROTTLED}", Text("hi"), channel="whatsapp"), RateLimitedError),
+            (Message(RECIPIENT, Text("hi"), channel="whatsapp"), PermanentDeliveryError),
+            (Message(RECIPIENT, Text("hi"), channel="whatsapp"), RateLimitedError),
         ]
 
 
-async def test_a_send_returns_the_wamid_and_carries_our_id_for_the_webhooks(graph):
-    async with whatsapp_service(graph.url) as service:
-        receipt = await service.send(Message("+16505551234", Text("hello"), channel="whatsapp", id="m-1"))
-    assert receipt.provider_message_id == "wamid.TEST1"
-    assert receipt.provider_status == "accepted"
-    [body] = graph.sent
-    assert body["biz_opaque_callback_data"] == "m-1"
-    assert body["to"] == "16505551234"
-    assert graph.authorizations == ["Bearer EAAG-test-token"]
+async def test_a_send_returns_the_wamid_and_carries_our_id_for_the_webhooks(sandbox):
+    async with whatsapp_service(sandbox) as service:
+        receipt = await service.send(Message(RECIPIENT, Text("hello"), channel="whatsapp", id="m-1"))
+    [sent] = sandbox.messages()
+    assert receipt.provider_message_id == sent.wamid
+    assert sent.wamid.startswith("wamid.")
+    assert receipt.provider_status is None  # Meta gives a message_status for template sends only
+    assert sent.body["biz_opaque_callback_data"] == "m-1"
+    assert sent.body["to"] == "16505551234"
+    assert sent.body["text"] == {"body": "hello", "preview_url": False}
+    # The sandbox accepts only its Bearer token (any other: 401, code 190): the one request passed.
+    assert sandbox.counters() == {"requests": 1, "accepted": 1}
 
 
-async def test_without_credentials_the_channel_says_what_to_set(graph):
-    config = ServiceConfig(plugins={"whatsapp": PluginSettings(settings={"base_url": graph.url})})
+async def test_a_template_send_carries_metas_message_status(sandbox):
+    async with whatsapp_service(sandbox) as service:
+        receipt = await service.send(Message(RECIPIENT, order_update("pt_BR"), channel="whatsapp", id="m-2"))
+    [sent] = sandbox.messages()
+    assert (receipt.provider_message_id, receipt.provider_status) == (sent.wamid, "accepted")
+    assert sent.body["template"]["name"] == "order_update"
+    assert sent.body["template"]["language"] == {"code": "pt_BR"}
+
+
+async def test_without_credentials_the_channel_says_what_to_set(sandbox):
+    config = ServiceConfig(plugins={"whatsapp": PluginSettings(settings={"base_url": sandbox.url})})
     async with make_service(("whatsapp", omnichannel_whatsapp), config=config) as service:
         with pytest.raises(SenderUnavailableError) as info:
-            await service.send(Message("+16505551234", Text("hello"), channel="whatsapp"))
+            await service.send(Message(RECIPIENT, Text("hello"), channel="whatsapp"))
     assert "plugins.whatsapp.phone_number_id" in str(info.value)
     assert "plugins.whatsapp.access_token" in str(info.value)
-    assert graph.sent == []
+    assert sandbox.messages() == []
+    assert sandbox.counters() == {}  # not even a request
 
 
-async def test_a_template_that_does_not_match_is_refused_before_sending(graph):
-    async with whatsapp_service(graph.url, waba_id=WABA_ID) as service:
+async def test_a_template_that_does_not_match_is_refused_before_sending(sandbox):
+    async with whatsapp_service(sandbox, waba_id=sandbox.settings.waba_id) as service:
         with pytest.raises(MessageValidationError) as info:
-            await service.send(
-                Message("+16505551234", Template("order_update", body=["Ann"]), channel="whatsapp")
-            )
+            await service.send(Message(RECIPIENT, order_update(body=["Ann", "8899"]), channel="whatsapp"))
         assert info.value.problems == [
-            "content.body: template 'order_update' (en_US) expects 2 positional parameters, got 1"
+            "content.body: template 'order_update' (en_US) expects 3 positional parameters, got 2"
         ]
         with pytest.raises(MessageValidationError) as info:
-            await service.send(
-                Message("+16505551234", Template("order_update", "de", body=["Ann", "1"]), channel="whatsapp")
-            )
-        assert info.value.problems[0].startswith(
-            "content.language: template 'order_update' exists in en_US, pt_BR"
-        )
-        assert graph.sent == []
-        receipt = await service.send(
-            Message("+16505551234", Template("order_update", body=["Ann", "8899"]), channel="whatsapp")
-        )
+            await service.send(Message(RECIPIENT, order_update("de"), channel="whatsapp"))
+        assert info.value.problems == [
+            "content.language: template 'order_update' exists in en_US, pt_BR, not in de"
+        ]
+        # The plugin refused both itself: the sandbox only listed the templates, once.
+        assert sandbox.messages() == []
+        assert sandbox.counters() == {"requests": 1}
+        receipt = await service.send(Message(RECIPIENT, order_update(), channel="whatsapp"))
     assert receipt.ok
-    assert len(graph.sent) == 1
+    [sent] = sandbox.messages()
+    assert sent.body["template"]["language"] == {"code": "en_US"}
+    assert sandbox.counters() == {"requests": 2, "accepted": 1}
 
 
-async def test_a_signed_status_webhook_becomes_a_status_changed_event(graph):
+async def test_beyond_the_numbers_throughput_a_send_is_rate_limited():
+    # One message per 1,000 s, on a clock that does not move: the second send is over budget.
+    throttled = sandbox_settings(throughput_mps=0.001)
+    async with Sandbox(throttled, clock=FakeClock()) as sandbox, whatsapp_service(sandbox) as service:
+        assert (await service.send(Message(RECIPIENT, Text("one"), channel="whatsapp"))).ok
+        with pytest.raises(RateLimitedError) as info:
+            await service.send(Message(RECIPIENT, Text("two"), channel="whatsapp", id="m-2"))
+        assert info.value.scope is ErrorScope.SENDER
+        assert info.value.message_id == "m-2"
+        assert len(sandbox.state.messages) == 1
+        assert sandbox.state.counters["error.130429"] == 1
+
+
+async def test_signed_status_webhooks_become_status_changed_events():
     events = EventRecorder()
-    service = whatsapp_service(graph.url, events)
-    status = {
-        "id": "wamid.TEST1",
-        "status": "delivered",
-        "timestamp": "1749416400",
-        "recipient_id": "16505551234",
-        "biz_opaque_callback_data": "m-1",
-    }
-    body = json.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [{"id": WABA_ID, "changes": [{"field": "messages", "value": {"statuses": [status]}}]}],
-        }
-    ).encode()
-    signature = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
-    async with TestClient(TestServer(make_app(service))) as client:
-        refused = await client.post(
-            "/webhooks/whatsapp", data=body, headers={"X-Hub-Signature-256": "sha256=00"}
-        )
-        assert refused.status == 403
-        for _ in range(2):  # Meta retries: the second delivery is a duplicate
-            answer = await client.post(
-                "/webhooks/whatsapp", data=body, headers={"X-Hub-Signature-256": signature}
+    # Every notification is delivered twice (Meta retries); nothing is read; the clock does not wait.
+    noisy = sandbox_settings(duplicate_probability=1.0, read_probability=0.0)
+    async with Sandbox(noisy, clock=FakeClock()) as sandbox:
+        service = whatsapp_service(sandbox, events)
+        async with TestClient(TestServer(make_app(service), host="127.0.0.1")) as client:
+            forged = json.dumps({"object": "whatsapp_business_account", "entry": []}).encode()
+            refused = await client.post(
+                "/webhooks/whatsapp", data=forged, headers={"X-Hub-Signature-256": "sha256=00"}
             )
-            assert answer.status == 200
-        handshake = await client.get(
-            "/webhooks/whatsapp",
-            params={"hub.mode": "subscribe", "hub.verify_token": "verify-me", "hub.challenge": "42"},
-        )
-        assert await handshake.text() == "42"
-    [event] = events.of_type(StatusChanged)
-    assert (event.message_id, event.provider_message_id, event.status) == (
-        "m-1",
-        "wamid.TEST1",
-        DeliveryStatus.DELIVERED,
-    )
+            assert refused.status == 403
+
+            sandbox.set_webhook_url(str(client.make_url("/webhooks/whatsapp")))
+            assert await sandbox.dispatcher.handshake(VERIFY_TOKEN, challenge="42")
+            assert not await sandbox.dispatcher.handshake("not-the-token")
+
+            # One message at a time: the statuses of two messages would interleave.
+            receipt = await service.send(Message(RECIPIENT, Text("hello"), channel="whatsapp", id="m-1"))
+            await sandbox.dispatcher.drain(WAIT_S)
+            gone = sandbox.settings.not_on_whatsapp[0]
+            accepted = await service.send(Message(f"+{gone}", Text("hi"), channel="whatsapp", id="m-404"))
+            assert accepted.ok  # a number that is not on WhatsApp fails later, by webhook
+            await sandbox.dispatcher.drain(WAIT_S)
+
+        wamid, failed_wamid = receipt.provider_message_id, accepted.provider_message_id
+        webhooks = sandbox.state.webhooks
+        assert [w.statuses for w in webhooks] == [
+            *[[(wamid, "sent")]] * 2,
+            *[[(wamid, "delivered")]] * 2,
+            *[[(failed_wamid, "failed")]] * 2,
+        ]
+        assert all(w.body == twin.body for w, twin in zip(webhooks[::2], webhooks[1::2], strict=True))
+        # Signed with the app secret, each one passed the route's check (a bad signature: 403).
+        assert [w.answer_status for w in webhooks] == [200] * 6
+
+    # The duplicates were dropped: one event per status.
+    changes = [(e.message_id, e.provider_message_id, e.status) for e in events.of_type(StatusChanged)]
+    assert changes == [
+        ("m-1", wamid, DeliveryStatus.SENT),
+        ("m-1", wamid, DeliveryStatus.DELIVERED),
+        ("m-404", failed_wamid, DeliveryStatus.FAILED),
+    ]
+    [failed] = [e for e in events.of_type(StatusChanged) if e.status is DeliveryStatus.FAILED]
+    assert failed.error is not None
+    assert "131026" in failed.error.detail
 
 
-def test_cli_lists_templates_and_checks_the_configuration(graph, tmp_path, monkeypatch):
+def test_cli_lists_templates_and_checks_the_configuration(sandbox, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("OMNICHANNEL_CONFIG", "OMNICHANNEL_DISABLE_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "omnichannel.toml"
+    values = settings(sandbox, waba_id=sandbox.settings.waba_id)
     config.write_text(
-        "[plugins.whatsapp]\n"
-        + "".join(f'{key} = "{value}"\n' for key, value in settings(graph.url, waba_id=WABA_ID).items())
+        "[plugins.whatsapp]\n" + "".join(f'{key} = "{value}"\n' for key, value in values.items())
     )
     runner = CliRunner()
     listed = runner.invoke(cli, ["--config", str(config), "whatsapp", "templates", "list"])
     assert listed.exit_code == 0, listed.output
     assert listed.output.splitlines() == [
-        "NAME          LANGUAGE  STATUS    CATEGORY",
-        "order_update  en_US     APPROVED  UTILITY",
-        "order_update  pt_BR     APPROVED  UTILITY",
+        "NAME                  LANGUAGE  STATUS    CATEGORY",
+        "appointment_reminder  en_US     APPROVED  UTILITY",
+        "hello_world           en_US     APPROVED  UTILITY",
+        "limited_offer         en_US     REJECTED  MARKETING",
+        "order_update          en_US     APPROVED  UTILITY",
+        "order_update          pt_BR     APPROVED  UTILITY",
+        "spring_sale           en_US     PAUSED    MARKETING",
+        "verification_code     en_US     APPROVED  AUTHENTICATION",
+        "welcome               en_US     APPROVED  MARKETING",
+        "winter_clearance      en_US     DISABLED  MARKETING",
     ]
     checked = runner.invoke(cli, ["--config", str(config), "whatsapp", "check"])
     assert checked.exit_code == 0, checked.output
-    assert checked.output == "ok: Test Shop (+1 555 0100), quality unknown\n"
+    display = sandbox.settings.display_phone_number
+    assert checked.output == f"ok: Sandbox Business ({display}), quality GREEN\n"
+    assert sandbox.messages() == []
     sent = runner.invoke(
         cli,
-        ["--config", str(config), "send", "--channel", "whatsapp", "--to", "+16505551234", "--text", "hi"],
+        ["--config", str(config), "send", "--channel", "whatsapp", "--to", RECIPIENT, "--text", "hi"],
     )
     assert sent.exit_code == 0, sent.output
     assert sent.output.startswith("accepted on whatsapp: message ")
+    [message] = sandbox.messages()
+    assert (message.recipient, message.body["text"]) == ("16505551234", {"body": "hi", "preview_url": False})
     shown = runner.invoke(cli, ["--config", str(config), "config", "show"])
-    assert "EAAG-test-token" not in shown.output
-    assert "app-secret" not in shown.output
+    assert shown.exit_code == 0, shown.output
+    assert ACCESS_TOKEN not in shown.output
+    assert APP_SECRET not in shown.output
