@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -25,11 +26,15 @@ log = logging.getLogger("omnichannel.whatsapp")
 class TemplateCache(Protocol):
     """Where the raw template list of an account is kept between fetches."""
 
-    async def get(self, key: str) -> list[dict[str, Any]] | None:
-        """The stored list, or ``None`` when there is none (or it expired)."""
+    async def get(self, key: str) -> Sequence[dict[str, Any]] | None:
+        """The stored list, or ``None`` when there is none (or it expired).
+
+        As long as the stored list does not change, the same (read-only) object comes
+        back, so that a reader can keep what it derived from it.
+        """
         ...
 
-    async def put(self, key: str, templates: list[dict[str, Any]]) -> None:
+    async def put(self, key: str, templates: Sequence[dict[str, Any]]) -> None:
         """Store ``templates`` for the cache's time to live."""
         ...
 
@@ -50,9 +55,9 @@ class MemoryTemplateCache:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._entries: dict[str, tuple[float, tuple[dict[str, Any], ...]]] = {}
 
-    async def get(self, key: str) -> list[dict[str, Any]] | None:
+    async def get(self, key: str) -> Sequence[dict[str, Any]] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -60,11 +65,11 @@ class MemoryTemplateCache:
         if self._clock.monotonic() >= expires_at:
             del self._entries[key]
             return None
-        return list(templates)
+        return templates
 
-    async def put(self, key: str, templates: list[dict[str, Any]]) -> None:
+    async def put(self, key: str, templates: Sequence[dict[str, Any]]) -> None:
         if self._ttl_s > 0:
-            self._entries[key] = (self._clock.monotonic() + self._ttl_s, list(templates))
+            self._entries[key] = (self._clock.monotonic() + self._ttl_s, tuple(templates))
 
     async def clear(self, key: str) -> None:
         self._entries.pop(key, None)
@@ -135,6 +140,8 @@ class RedisTemplateCache:
         self._clock = clock or SystemClock()
         self._retry_after_s = retry_after_s
         self._local = MemoryTemplateCache(ttl_s, self._clock)
+        self._last_raw: bytes | str | None = None
+        self._last_decoded: Sequence[dict[str, Any]] = ()
         self._down = False
         self._retry_at = 0.0
 
@@ -158,7 +165,7 @@ class RedisTemplateCache:
             log.info("whatsapp: template cache at %s is reachable again", self._where)
             self._down = False
 
-    async def get(self, key: str) -> list[dict[str, Any]] | None:
+    async def get(self, key: str) -> Sequence[dict[str, Any]] | None:
         if self._ttl_s <= 0:
             return None
         if not self._usable():
@@ -171,6 +178,8 @@ class RedisTemplateCache:
         self._worked()
         if raw is None:
             return None
+        if raw == self._last_raw:
+            return self._last_decoded  # unchanged: the same object, so readers keep what they derived
         try:
             templates = json.loads(raw)
         except ValueError:
@@ -180,15 +189,16 @@ class RedisTemplateCache:
                 "whatsapp: ignoring a malformed template list in %s at %r", self._where, self._prefix + key
             )
             return None
-        return templates
+        self._last_raw, self._last_decoded = raw, tuple(templates)
+        return self._last_decoded
 
-    async def put(self, key: str, templates: list[dict[str, Any]]) -> None:
+    async def put(self, key: str, templates: Sequence[dict[str, Any]]) -> None:
         if self._ttl_s <= 0:
             return
         await self._local.put(key, templates)
         if not self._usable():
             return
-        value = json.dumps(templates, separators=(",", ":"))
+        value = json.dumps(list(templates), separators=(",", ":"))
         try:
             await self._redis.set(self._prefix + key, value, px=max(1, round(self._ttl_s * 1000)))
         except self._errors as exc:

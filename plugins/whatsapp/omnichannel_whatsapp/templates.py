@@ -373,6 +373,8 @@ class TemplateRegistry:
         self._waba_id = waba_id
         self._cache = cache
         self._inflight: asyncio.Task[list[TemplateInfo]] | None = None
+        self._parsed: tuple[object, list[TemplateInfo]] | None = None
+        """The cached list last parsed, and its parse: a send must not parse every template."""
 
     @property
     def cache(self) -> TemplateCache:
@@ -437,7 +439,9 @@ class TemplateRegistry:
         if not refresh:
             cached = await self._cache.get(self._waba_id)
             if cached is not None:
-                return _parse_all(cached, warn=False)
+                if self._parsed is None or self._parsed[0] is not cached:
+                    self._parsed = (cached, _parse_all(cached, warn=False))
+                return self._parsed[1]
         if self._inflight is None:
             self._inflight = asyncio.create_task(self.fetch_all())
             self._inflight.add_done_callback(self._fetched)

@@ -667,7 +667,7 @@ async def test_fetch_all_follows_every_page_and_fills_the_cache(memory_cache):
         (path, {**FIRST_PARAMS, "after": "c1"}),
         (path, {**FIRST_PARAMS, "after": "c2"}),
     ]
-    assert await memory_cache.get(WABA) == RAW
+    assert list(await memory_cache.get(WABA)) == RAW
 
 
 async def test_fetch_all_follows_next_when_a_page_has_no_cursor(memory_cache):
@@ -688,7 +688,7 @@ async def test_fetch_all_follows_next_when_a_page_has_no_cursor(memory_cache):
 async def test_fetch_all_of_an_account_without_templates(memory_cache):
     registry = TemplateRegistry(FakeGraph([]), WABA, memory_cache)
     assert await registry.fetch_all() == []
-    assert await memory_cache.get(WABA) == []
+    assert list(await memory_cache.get(WABA)) == []
 
 
 async def test_fetch_all_skips_entries_it_cannot_read(memory_cache, caplog):
@@ -845,7 +845,7 @@ async def test_memory_cache_expires_after_ttl(fake_clock):
     await cache.put("k", [PLAIN])
 
     fake_clock.advance(59.9)
-    assert await cache.get("k") == [PLAIN]
+    assert list(await cache.get("k")) == [PLAIN]
     fake_clock.advance(0.1)
     assert await cache.get("k") is None
 
@@ -856,20 +856,20 @@ async def test_memory_cache_keys_are_separate_and_clear_forgets(fake_clock):
     await cache.put("b", [ORDER_UPDATE])
     await cache.clear("a")
     assert await cache.get("a") is None
-    assert await cache.get("b") == [ORDER_UPDATE]
+    assert list(await cache.get("b")) == [ORDER_UPDATE]
     await cache.close()
     assert await cache.get("b") is None
 
 
-async def test_memory_cache_hands_out_copies(fake_clock):
+async def test_memory_cache_keeps_its_own_read_only_copy(fake_clock):
     cache = MemoryTemplateCache(60, fake_clock)
     stored = [PLAIN]
     await cache.put("k", stored)
     stored.append(ORDER_UPDATE)
     got = await cache.get("k")
-    assert got == [PLAIN]
-    got.clear()
-    assert await cache.get("k") == [PLAIN]
+    assert got == (PLAIN,)
+    # The same object until the next put: readers may keep what they derived from it.
+    assert await cache.get("k") is got
 
 
 async def test_memory_cache_with_ttl_zero_stores_nothing(fake_clock):
@@ -935,7 +935,7 @@ async def test_redis_cache_round_trip_with_a_server_side_ttl(redis_url, redis_pr
     try:
         assert await cache.get(WABA) is None
         await cache.put(WABA, RAW)
-        assert await cache.get(WABA) == RAW
+        assert list(await cache.get(WABA)) == RAW
         assert 0 < await raw_redis.pttl(redis_prefix + WABA) <= 30_000
         assert json.loads(await raw_redis.get(redis_prefix + WABA)) == RAW
     finally:
@@ -1055,3 +1055,31 @@ def test_redis_cache_without_the_redis_package(monkeypatch):
         "plugin 'whatsapp': redis_url is set but the 'redis' package is not installed; "
         "install it with: pip install 'omnichannel[redis]'"
     )
+
+
+async def test_the_registry_parses_a_cached_list_once(fake_clock, monkeypatch):
+    import omnichannel_whatsapp.templates as templates_module
+
+    calls = []
+    real_parse = templates_module.parse_template
+
+    def counting_parse(data):
+        calls.append(data["name"])
+        return real_parse(data)
+
+    monkeypatch.setattr(templates_module, "parse_template", counting_parse)
+    cache = MemoryTemplateCache(60, fake_clock)
+    await cache.put(WABA, RAW)
+    registry = TemplateRegistry(_never_fetch, WABA, cache)
+    first = await registry.templates()
+    parsed_once = len(calls)
+    for _ in range(5):
+        assert await registry.templates() is first
+    assert len(calls) == parsed_once == len(RAW)
+    await cache.put(WABA, RAW[:1])  # a new list: parsed again
+    assert len(await registry.templates()) == 1
+    assert len(calls) == parsed_once + 1
+
+
+async def _never_fetch(path, params):
+    raise AssertionError("the cache holds the templates; nothing is fetched")
