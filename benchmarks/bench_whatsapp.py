@@ -51,11 +51,9 @@ import asyncio
 import contextlib
 import cProfile
 import gc
-import importlib.metadata
 import io
 import json
 import os
-import platform
 import pstats
 import signal
 import socket
@@ -72,6 +70,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import attrs
+from _machine import machine
 
 from omnichannel import (
     DeliveryStatus,
@@ -625,48 +624,6 @@ def checks(rows: list[Row]) -> list[Check]:
         for p, b in pairs(rows)
         if p.concurrency == TARGET_CONCURRENCY
     ]
-
-
-def revision() -> str | None:
-    """``git describe --always --dirty`` of the checkout omnichannel was imported from, if any."""
-    import omnichannel
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(omnichannel.__file__)))
-    try:
-        done = subprocess.run(
-            ["git", "-C", root, "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str | None] = {}
-    for dist in ("omnichannel", "pluggy", "attrs", "cattrs", "aiohttp"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "revision": revision(),
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
