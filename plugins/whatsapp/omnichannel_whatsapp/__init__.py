@@ -70,6 +70,8 @@ class Runtime:
     client: GraphClient | None = None
     cache: TemplateCache | None = None
     registry: TemplateRegistry | None = None
+    last_check: tuple[Template, object, list[str]] | None = None
+    """The last template checked, the template list it was checked against, and the problems."""
 
 
 def runtime(service: OmniChannelService) -> Runtime:
@@ -101,7 +103,13 @@ async def _check_template(state: Runtime, message: Message) -> None:
         # Not knowing the templates must not stop sending: Meta still checks.
         log.warning("whatsapp: cannot fetch the templates to check %r: %s", content.name, exc)
         return
-    problems = check_template(content, known)
+    # A campaign sends one Template object to many recipients: check it once per template list.
+    last = state.last_check
+    if last is not None and last[0] is content and last[1] is known:
+        problems = last[2]
+    else:
+        problems = check_template(content, known)
+        state.last_check = (content, known, problems)
     if problems:
         raise MessageValidationError(problems, message_id=message.id)
 

@@ -310,6 +310,25 @@ async def test_a_template_that_does_not_match_is_refused_before_sending(sandbox)
     assert sandbox.counters() == {"requests": 2, "accepted": 1}
 
 
+async def test_a_campaign_shares_one_template_check_and_still_refuses_every_message(sandbox, monkeypatch):
+    checks = []
+    real_check = omnichannel_whatsapp.check_template
+
+    def counting_check(template, known):
+        checks.append(template.name)
+        return real_check(template, known)
+
+    monkeypatch.setattr(omnichannel_whatsapp, "check_template", counting_check)
+    bad = order_update(body=["Ann", "8899"])  # one object for the whole campaign
+    async with whatsapp_service(sandbox, waba_id=sandbox.settings.waba_id) as service:
+        receipts = await service.send_many(
+            [Message(f"+1650555{i:04d}", bad, channel="whatsapp") for i in range(5)]
+        )
+    assert [r.error.kind for r in receipts if r.error] == ["MessageValidationError"] * 5
+    assert checks == ["order_update"]
+    assert sandbox.messages() == []
+
+
 async def test_beyond_the_numbers_throughput_a_send_is_rate_limited():
     # One message per 1,000 s, on a clock that does not move: the second send is over budget.
     throttled = sandbox_settings(throughput_mps=0.001)
