@@ -8,6 +8,7 @@ calls them; they hold no state of their own.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -176,9 +177,26 @@ def collect_routes(
 
 
 def redact_by_name(table: dict[str, Any]) -> None:
-    """Replace, at any depth, the values of keys that name a secret (token, key, ...)."""
+    """Replace, at any depth, the values of keys that name a secret (token, key, ...), and the
+    password of any URL (``redis://:pw@host``)."""
     for key, value in table.items():
         if isinstance(value, dict):
             redact_by_name(value)
         elif value is not None and any(word in key.lower() for word in SECRET_WORDS):
             table[key] = REDACTED
+        elif isinstance(value, str) and "@" in value:
+            table[key] = redact_url(value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by the redaction marker."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{netloc[2]}"))

@@ -1,14 +1,14 @@
 """How the service calls the send pipeline's hooks for one channel: a cached plan.
 
 For each channel owner (and each set of plugins a rollout leaves out) the
-service builds a ``Plan`` once: the callers of ``validate``, ``build`` and
-``send`` with the other channel plugins and the excluded plugins removed. Plans
+service builds a ``Plan`` once: the callers of ``validate``, ``build``,
+``send`` and ``sender_id`` with the other channel plugins and the excluded plugins removed. Plans
 are rebuilt when ``PluginManager.generation`` changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
@@ -43,6 +43,62 @@ class DirectCall:
         return None if self._firstresult else results
 
 
+class WrappedCall:
+    """Calls hook implementations and new-style wrappers (``wrapper=True``) as pluggy's
+    ``_multicall`` does, without its per-call set-up.
+
+    Used where nothing monitors hook calls and no implementation is an old-style
+    ``hookwrapper`` or takes keyword-only arguments: the send pipeline with middleware.
+    Each wrapper runs to its ``yield``, the plain implementations give the result, and
+    the wrappers resume innermost first with that result, or with the exception thrown
+    into them; what a wrapper returns (or raises) goes to the next one out.
+    """
+
+    __slots__ = ("_firstresult", "_impls")
+
+    def __init__(self, impls: list[pluggy.HookImpl], firstresult: bool) -> None:
+        self._impls = [(impl.function, impl.argnames, impl.wrapper) for impl in impls]
+        self._firstresult = firstresult
+
+    def __call__(self, **kwargs: Any) -> Any:
+        results: list[Any] = []
+        teardowns: list[Generator[None, Any, Any]] = []
+        exception: BaseException | None = None
+        try:
+            for function, names, wrapper in self._impls:
+                outcome: Any = function(*[kwargs[name] for name in names])
+                if wrapper:
+                    try:
+                        next(outcome)
+                    except StopIteration:
+                        raise RuntimeError(f"wrapper {function!r} did not yield") from None
+                    teardowns.append(outcome)
+                elif outcome is not None:
+                    results.append(outcome)
+                    if self._firstresult:
+                        break
+        except BaseException as exc:
+            exception = exc
+        result: Any = (results[0] if results else None) if self._firstresult else results
+        for teardown in reversed(teardowns):
+            try:
+                if exception is not None:
+                    teardown.throw(exception)
+                else:
+                    teardown.send(result)
+            except StopIteration as stop:
+                result, exception = stop.value, None
+                continue
+            except BaseException as exc:
+                exception = exc
+                continue
+            teardown.close()
+            exception = RuntimeError(f"wrapper {teardown!r} has a second yield")
+        if exception is not None:
+            raise exception
+        return result
+
+
 @attrs.frozen
 class Plan:
     """The hook callers for one channel owner and one set of plugins out of rollout."""
@@ -50,6 +106,7 @@ class Plan:
     validate: Callable[..., Any]
     build: Callable[..., Any]
     send: Callable[..., Any]
+    sender_id: Callable[..., Any]
     counts_attempts: bool
     """Whether middleware wraps the channel's sender: only then are attempts counted."""
 
@@ -71,6 +128,7 @@ def make_plan(
         _caller(pm, "validate", remove),
         _caller(pm, "build", remove),
         _caller(pm, "send", send_remove),
+        _caller(pm, "sender_id", remove),
         counts,
     )
 
@@ -79,7 +137,9 @@ def _caller(pm: pluggy.PluginManager, hook: str, remove: frozenset[object]) -> C
     caller: pluggy.HookCaller = getattr(pm.hook, hook)
     impls = [impl for impl in caller.get_hookimpls() if impl.plugin not in remove]
     monitored = getattr(pm, "monitored", True)
-    if not monitored and not any(impl.wrapper or impl.hookwrapper for impl in impls):
+    if not monitored and not any(impl.hookwrapper or impl.kwargnames for impl in impls):
         firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        if any(impl.wrapper for impl in impls):
+            return WrappedCall(impls[::-1], firstresult)
         return DirectCall(impls[::-1], firstresult)
     return pm.subset_hook_caller(hook, remove) if remove else caller

@@ -67,7 +67,7 @@ def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
         raise InvalidField(attribute.name, f"must be between 0 and 65535, got {value}")
 
 
-def setting(*, env: str | Sequence[str] = (), **kwargs: Any) -> Any:
+def setting(*, env: str | Sequence[str] = (), env_scale: float = 1.0, **kwargs: Any) -> Any:
     """An ``attrs.field`` that may also be read from the environment variables ``env``.
 
     For plugin configuration classes, to keep legacy variable names working::
@@ -77,10 +77,11 @@ def setting(*, env: str | Sequence[str] = (), **kwargs: Any) -> Any:
             failure_threshold: int = setting(default=5, env="WHATSAPP_CIRCUIT_BREAKER_FAILURE_THRESHOLD")
 
     A variable is used only when the key is absent from the file and from
-    ``OMNICHANNEL_...`` variables.
+    ``OMNICHANNEL_...`` variables. ``env_scale`` converts a legacy unit: a number
+    read from ``env`` is multiplied by it (``0.001`` for milliseconds into a ``*_s`` key).
     """
     names = (env,) if isinstance(env, str) else tuple(env)
-    metadata = {**kwargs.pop("metadata", {}), "env": names}
+    metadata = {**kwargs.pop("metadata", {}), "env": names, "env_scale": env_scale}
     return attrs.field(metadata=metadata, **kwargs)
 
 
@@ -309,9 +310,20 @@ def _env_defaults(cls: type, environ: Mapping[str, str], raw: Mapping[str, Any])
             continue
         for var in field.metadata.get("env", ()):
             if var in environ:
-                filled[field.name] = EnvStr(environ[var], var)
+                filled[field.name] = _scaled(EnvStr(environ[var], var), field.metadata.get("env_scale", 1.0))
                 break
     return filled
+
+
+def _scaled(value: EnvStr, scale: float) -> EnvStr:
+    """``value`` multiplied by ``scale`` when it is a number (else as is, for the usual error)."""
+    if scale == 1.0:
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    return EnvStr(repr(number * scale), value.source)
 
 
 def structure_plugin_config(

@@ -111,6 +111,28 @@ def send(payload: Any, message: Message, channel: str, service: OmniChannelServi
     """
 
 
+@hookspec(firstresult=True)
+def sender_id(message: Message, channel: str, service: OmniChannelService) -> str | None:
+    """Name the account of ``channel`` that will send ``message``.
+
+    Middleware keeps per-sender state (circuit breakers, rate limits, metrics
+    labels) under this name; WhatsApp answers with the business phone number id.
+    Only the plugin that owns ``channel`` (and plugins that own no channel) is
+    asked. Middleware reads it through ``service.sender_of(message, channel)``.
+
+    :param message: the message being sent.
+    :param channel: a channel the implementing plugin owns.
+    :param service: the running service.
+    :return: a short, stable, non-secret name (never a token or a recipient), or
+        ``None`` to let another implementation answer; with no answer at all the
+        sender is the channel's name.
+
+    firstresult: stops at the first non-None result.
+
+    .. versionadded:: 0.2
+    """
+
+
 @hookspec
 def on_event(event: Event, service: OmniChannelService) -> Awaitable[None] | None:
     """React to ``event``: a message sent or failed, a status webhook, a breaker moving...

@@ -359,6 +359,27 @@ class OmniChannelService:
             self._listeners = _plugins.hook_impls(self._pm, "on_event")
             self._cached_generation = generation
 
+    def _plan(self, binding: ChannelBinding, excluded: frozenset[object]) -> Plan:
+        plan = self._plans.get((binding.plugin, excluded))
+        if plan is None:
+            plan = self._plans[(binding.plugin, excluded)] = make_plan(
+                self._pm, self._channel_plugins, binding.plugin, excluded
+            )
+        return plan
+
+    def sender_of(self, message: Message, channel: str) -> str:
+        """Which account of ``channel`` sends ``message`` (WhatsApp: the phone number id).
+
+        The owning plugin answers through the ``sender_id`` hook; without an answer it
+        is the channel's name. Middleware keys per-sender state (breakers, rate
+        limits, metric labels) by it.
+        """
+        binding = self._channels.get(channel)
+        if binding is None:
+            return channel
+        answer = self._plan(binding, _NO_PLUGINS).sender_id(message=message, channel=channel, service=self)
+        return answer if isinstance(answer, str) and answer else channel
+
     def _excluded(self, recipient: str) -> frozenset[object]:
         """Plugins whose rollout does not include ``recipient``."""
         if not self._rollouts:
@@ -436,11 +457,7 @@ class OmniChannelService:
                 reason = f"plugin {name!r} is rolled out to {percent:g} % of recipients, not this one"
                 failure = failure or UnknownChannelError(channel, reason=reason)
                 continue
-            plan = self._plans.get((binding.plugin, excluded))
-            if plan is None:
-                plan = self._plans[(binding.plugin, excluded)] = make_plan(
-                    self._pm, self._channel_plugins, binding.plugin, excluded
-                )
+            plan = self._plan(binding, excluded)
             progress.stage = "validate"
             found = [
                 problem

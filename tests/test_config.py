@@ -574,7 +574,37 @@ def test_setting_keeps_other_metadata():
     class Cfg:
         x: int = setting(default=1, env="X", metadata={"doc": "the x"})
 
-    assert dict(attrs.fields(Cfg).x.metadata) == {"doc": "the x", "env": ("X",)}
+    assert dict(attrs.fields(Cfg).x.metadata) == {"doc": "the x", "env": ("X",), "env_scale": 1.0}
+
+
+@attrs.frozen
+class RetryConfig:
+    initial_delay_s: float = setting(default=1.0, env="WHATSAPP_RETRY_INITIAL_DELAY", env_scale=0.001)
+
+
+def test_setting_env_scale_converts_a_legacy_unit():
+    converter = make_converter()
+    config = structure_plugin_config(
+        converter, RetryConfig, {}, plugin_name="retry", environ={"WHATSAPP_RETRY_INITIAL_DELAY": "1500"}
+    )
+    assert config.initial_delay_s == 1.5
+    # The key itself is in seconds: no conversion.
+    config = structure_plugin_config(
+        converter, RetryConfig, {"initial_delay_s": 2}, plugin_name="retry", environ={}
+    )
+    assert config.initial_delay_s == 2.0
+
+
+def test_setting_env_scale_keeps_the_variable_in_errors():
+    with pytest.raises(ConfigError) as caught:
+        structure_plugin_config(
+            make_converter(),
+            RetryConfig,
+            {},
+            plugin_name="retry",
+            environ={"WHATSAPP_RETRY_INITIAL_DELAY": "soon"},
+        )
+    assert "from $WHATSAPP_RETRY_INITIAL_DELAY" in str(caught.value)
 
 
 def test_legacy_variables_fill_absent_keys():

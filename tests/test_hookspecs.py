@@ -51,6 +51,7 @@ def test_the_hooks_are_the_documented_set():
             "validate",
             "build",
             "send",
+            "sender_id",
             "on_event",
             "register_channels",
             "register_config",

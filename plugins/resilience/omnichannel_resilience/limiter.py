@@ -18,6 +18,12 @@ Semantics follow ``shared/resilience.md`` §0 (decision 8), §1.7 (rate limiter)
 - Throttling answers from the provider slow the right key down (:meth:`Limiter.on_throttled`):
   130429 (scope ``sender``) pauses the sender, 131056 (scope ``recipient``) pauses only that pair
   with Meta's ``4^k`` seconds backoff per consecutive hit, reset by a success.
+- Adaptive rate (``adaptive=True``, the spec's AIMD row): a sender throttle also halves that sender's
+  rate (floor ``adaptive_floor_per_s``, 1/s), applied as a per-key rate override in the sender
+  :class:`Gcra`; every ``adaptive_interval_s`` (10 s) without another one it grows back by
+  ``adaptive_step`` (5 %) of the configured rate. The rate is a function of the last decrease and
+  the clock, computed when asked (:meth:`Limiter.acquire`, :meth:`Limiter.current_rate`): no timer,
+  no task. Pairs never adapt; senders at the configured rate carry no extra state or cost.
 
 All times come from the injected :class:`~omnichannel.Clock`; decisions are short synchronous
 sections under a lock, never held across a sleep.
@@ -141,6 +147,8 @@ class Gcra:
         self._tolerance = config.burst * self._interval
         # key -> TAT, in order of last update (oldest first), so expired keys gather at the front.
         self._tat: dict[str, float] = {}
+        # key -> emission interval, for the few keys whose rate differs from the config (adaptive).
+        self._intervals: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -150,6 +158,34 @@ class Gcra:
     def tat(self, key: str) -> float | None:
         """The stored theoretical arrival time of ``key``, or ``None`` if it is not tracked."""
         return self._tat.get(key)
+
+    def rate(self, key: str) -> float:
+        """The rate (per second) applied to ``key``: its override if set, else the config's."""
+        interval = self._intervals.get(key)
+        return self.config.rate_per_s if interval is None else 1.0 / interval
+
+    def set_rate(self, key: str, rate_per_s: float | None) -> None:
+        """Apply ``rate_per_s`` to ``key`` instead of the config's rate; ``None`` removes the override.
+
+        The burst (in requests) stays the config's. The stored TAT is kept: requests already admitted
+        stay admitted, the new interval applies from the next one. Overrides are capped at
+        ``max_keys`` (the oldest is dropped first).
+        """
+        if rate_per_s is not None and (
+            isinstance(rate_per_s, bool)
+            or not isinstance(rate_per_s, int | float)
+            or not math.isfinite(rate_per_s)
+            or not rate_per_s > 0
+        ):
+            raise InvalidField("rate_per_s", f"must be a finite number > 0, got {rate_per_s!r}")
+        with self._lock:
+            intervals = self._intervals
+            intervals.pop(key, None)
+            if rate_per_s is None or rate_per_s == self.config.rate_per_s:
+                return
+            while len(intervals) >= self._max_keys:
+                del intervals[next(iter(intervals))]
+            intervals[key] = 1.0 / rate_per_s
 
     def wait_time(self, key: str, now: float | None = None) -> float:
         """Seconds ``key`` must wait before one request is admitted at ``now``; consumes nothing."""
@@ -181,7 +217,8 @@ class Gcra:
             now = self._now(now)
             # Admitted at t iff t >= max(TAT, t) + T - B·T; the earliest t is now + seconds when
             # TAT = now + seconds + (B - 1)·T.
-            penalized = now + seconds + self._tolerance - self._interval
+            interval = self._intervals.get(key, self._interval)
+            penalized = now + seconds + self.config.burst * interval - interval
             current = self._tat.get(key)
             self._store(key, penalized if current is None else max(current, penalized))
 
@@ -190,8 +227,9 @@ class Gcra:
         with self._lock:
             now = self._now(now)
             current = self._tat.pop(key, None)
-            if current is not None and current - self._interval > now:
-                self._store(key, current - self._interval)
+            interval = self._intervals.get(key, self._interval)
+            if current is not None and current - interval > now:
+                self._store(key, current - interval)
 
     def restore(self, key: str, expected: float, previous: float | None) -> bool:
         """Undo the last consumption of ``key`` exactly, if nothing changed its TAT since.
@@ -219,11 +257,16 @@ class Gcra:
 
     def _wait(self, key: str, now: float) -> float:
         tat = max(self._tat.get(key, now), now)
-        wait = tat + self._interval - self._tolerance - now
+        if self._intervals and key in self._intervals:  # rare: keep the common path to one lookup
+            interval = self._intervals[key]
+            wait = tat + interval - self.config.burst * interval - now
+        else:
+            wait = tat + self._interval - self._tolerance - now
         return 0.0 if wait <= _EPSILON else wait
 
     def _consume(self, key: str, now: float) -> None:
-        self._store(key, max(self._tat.get(key, now), now) + self._interval)
+        interval = self._intervals.get(key, self._interval) if self._intervals else self._interval
+        self._store(key, max(self._tat.get(key, now), now) + interval)
 
     def _store(self, key: str, tat: float) -> None:
         self._tat.pop(key, None)
@@ -245,11 +288,34 @@ class Gcra:
             del tats[key]
 
 
+def _require_positive(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value > 0
+    ):
+        raise InvalidField(name, f"must be a finite number > 0, got {value!r}")
+
+
+@attrs.frozen
+class _Adaptation:
+    """A sender below its configured rate: ``rate`` since ``since``, decreases coalesced until ``hold``."""
+
+    rate: float
+    since: float
+    hold: float
+
+
 _PAIR_BACKOFF_BASE = 4.0
 _SENDER_THROTTLE_DEFAULT_S = 1.0
 """130429 without a ``retry_after``: pause the sender 1 s (§1.7 cooldowns)."""
 _ACCOUNT_THROTTLE_DEFAULT_S = 60.0
 """4/17/32/613/80007/80008 (app or WABA scope) without a ``retry_after``: 60 s (§1.7 cooldowns)."""
+
+
+_Reservation = tuple[float, tuple[float | None, float | None], tuple[float | None, float | None]]
+"""A reservation that must be waited for: the wait, and both keys' TATs before and after it."""
 
 
 class Limiter:
@@ -263,6 +329,11 @@ class Limiter:
         never hold a worker for one recipient); ``None``: the same as ``max_wait_s``.
     :param max_pair_backoff_s: cap of the ``4^k`` pair backoff after consecutive 131056.
     :param max_keys: cap on tracked keys, per limit (and on tracked pair throttle counters).
+    :param adaptive: AIMD on sender throttles (the spec's ``adaptive``): each 130429 halves the
+        sender's rate, then it grows back by steps (see :meth:`on_throttled`).
+    :param adaptive_floor_per_s: the rate a sender never goes below (unless configured lower).
+    :param adaptive_step: the additive increase, as a fraction of the configured rate (0 < x <= 1).
+    :param adaptive_interval_s: seconds without a sender throttle between two increases.
     """
 
     def __init__(
@@ -275,7 +346,20 @@ class Limiter:
         max_wait_pair_s: float | None = None,
         max_pair_backoff_s: float = 1024.0,
         max_keys: int = DEFAULT_MAX_KEYS,
+        adaptive: bool = False,
+        adaptive_floor_per_s: float = 1.0,
+        adaptive_step: float = 0.05,
+        adaptive_interval_s: float = 10.0,
     ) -> None:
+        if not isinstance(adaptive, bool):
+            raise InvalidField("adaptive", f"must be true or false, got {adaptive!r}")
+        _require_positive("adaptive_floor_per_s", adaptive_floor_per_s)
+        _require_positive("adaptive_step", adaptive_step)
+        if adaptive_step > 1:
+            raise InvalidField(
+                "adaptive_step", f"must be <= 1 (a fraction of the rate), got {adaptive_step!r}"
+            )
+        _require_positive("adaptive_interval_s", adaptive_interval_s)
         for name, value in (("max_wait_s", max_wait_s), ("max_wait_pair_s", max_wait_pair_s)):
             if value is not None and (not math.isfinite(value) or value < 0):
                 raise InvalidField(name, f"must be a finite number >= 0, got {value!r}")
@@ -289,6 +373,12 @@ class Limiter:
         self._clock = clock
         self._max_keys = max_keys
         self._pair_hits: dict[str, int] = {}
+        self.adaptive = adaptive
+        self.adaptive_floor_per_s = float(adaptive_floor_per_s)
+        self.adaptive_step = float(adaptive_step)
+        self.adaptive_interval_s = float(adaptive_interval_s)
+        # sender -> its adaptation, only while below the configured rate; in order of last update.
+        self._adapted: dict[str, _Adaptation] = {}
         self._lock = threading.Lock()
 
     async def acquire(self, sender: str, recipient: str) -> None:
@@ -301,8 +391,40 @@ class Limiter:
         pair = pair_key(sender, recipient)
         with self._lock:
             now = self._clock.monotonic()
-            sender_wait = self.senders.wait_time(sender, now)
-            pair_wait = self.pairs.wait_time(pair, now)
+            if self._adapted:
+                self._adapted_rate(sender, now)
+            reservation = self._reserve(sender, recipient, pair, now)
+        if reservation is None:
+            return
+        wait, before, after = reservation
+        try:
+            await self._clock.sleep(wait)
+        except BaseException:
+            # Cancelled (or the sleeper failed): this waiter consumes no capacity.
+            with self._lock:
+                for gcra, key, previous, reserved in (
+                    (self.senders, sender, before[0], after[0]),
+                    (self.pairs, pair, before[1], after[1]),
+                ):
+                    if reserved is None or not gcra.restore(key, reserved, previous):
+                        gcra.refund(key)
+            raise
+
+    def _reserve(self, sender: str, recipient: str, pair: str, now: float) -> _Reservation | None:
+        """Consume a slot of both keys (``None``: at once), or refuse; with ``self._lock`` held.
+
+        One pass over the :class:`Gcra` internals under their locks: this runs before every attempt.
+        """
+        senders, pairs = self.senders, self.pairs
+        with senders._lock, pairs._lock:
+            senders._sweep(now)
+            pairs._sweep(now)
+            sender_wait = senders._wait(sender, now)
+            pair_wait = pairs._wait(pair, now)
+            if not sender_wait and not pair_wait:
+                senders._consume(sender, now)
+                pairs._consume(pair, now)
+                return None
             wait = max(sender_wait, pair_wait)
             if sender_wait > self.max_wait_s + _EPSILON:
                 raise self._refusal(ErrorScope.SENDER, sender, recipient, wait, self.max_wait_s)
@@ -310,30 +432,22 @@ class Limiter:
                 raise self._refusal(ErrorScope.RECIPIENT, sender, recipient, wait, self.max_wait_pair_s)
             # Reserve both slots at the admission time: later callers queue behind this one (FIFO).
             at = now + wait
-            before = (self.senders.tat(sender), self.pairs.tat(pair))
-            self.senders.try_acquire(sender, at)  # both admit at ``at``: their waits were computed
-            self.pairs.try_acquire(pair, at)  # under this lock
-            after = (self.senders.tat(sender), self.pairs.tat(pair))
-        if wait > 0:
-            try:
-                await self._clock.sleep(wait)
-            except BaseException:
-                # Cancelled (or the sleeper failed): this waiter consumes no capacity.
-                with self._lock:
-                    for gcra, key, previous, reserved in (
-                        (self.senders, sender, before[0], after[0]),
-                        (self.pairs, pair, before[1], after[1]),
-                    ):
-                        if reserved is None or not gcra.restore(key, reserved, previous):
-                            gcra.refund(key)
-                raise
+            before = (senders._tat.get(sender), pairs._tat.get(pair))
+            senders._consume(sender, at)
+            pairs._consume(pair, at)
+            return wait, before, (senders._tat.get(sender), pairs._tat.get(pair))
 
     def on_throttled(
         self, sender: str, recipient: str, scope: ErrorScope | None, retry_after: float | None
     ) -> float:
         """Slow down the key the provider's throttling answer is about; returns the pause applied.
 
-        - ``sender`` (130429): the sender pauses ``retry_after`` (default 1 s).
+        - ``sender`` (130429): the sender pauses ``retry_after`` (default 1 s). If ``adaptive``, its
+          rate is also halved (not below ``adaptive_floor_per_s``), then grows by ``adaptive_step``
+          times the configured rate every ``adaptive_interval_s`` without another sender throttle,
+          back to the configured rate. Throttles arriving during the pause that followed a halving
+          answer attempts sent at the old rate: they do not halve again (one decrease per episode,
+          like TCP's once per window), but restart the increase clock.
         - ``recipient`` (131056): that pair pauses ``max(retry_after, 4^k)`` seconds, ``k`` the
           number of earlier consecutive hits on the pair (1, 4, 16, 64 ... capped); other recipients
           are unaffected.
@@ -354,6 +468,8 @@ class Limiter:
                 return pause
             if scope is ErrorScope.SENDER:
                 pause = floor or _SENDER_THROTTLE_DEFAULT_S
+                if self.adaptive:
+                    self._decrease(sender, pause)  # first: the pause below uses the new interval
             elif scope in (ErrorScope.ACCOUNT, ErrorScope.APP):
                 pause = floor or _ACCOUNT_THROTTLE_DEFAULT_S
             else:
@@ -369,6 +485,57 @@ class Limiter:
     def pair_hits(self, sender: str, recipient: str) -> int:
         """Consecutive 131056 answers for the pair since its last success."""
         return self._pair_hits.get(pair_key(sender, recipient), 0)
+
+    def current_rate(self, sender: str) -> float:
+        """The effective rate of ``sender`` now (msg/s): the configured one unless adapted down."""
+        if not self._adapted:
+            return self.senders.config.rate_per_s
+        with self._lock:
+            return self._adapted_rate(sender, self._clock.monotonic())
+
+    def adapted_senders(self) -> dict[str, float]:
+        """The senders currently below the configured rate, with their effective rates now."""
+        with self._lock:
+            now = self._clock.monotonic()
+            rates = {sender: self._adapted_rate(sender, now) for sender in list(self._adapted)}
+            return {sender: rate for sender, rate in rates.items() if sender in self._adapted}
+
+    # -- adaptation (called with the lock held) -------------------------------------------------
+
+    def _adapted_rate(self, sender: str, now: float) -> float:
+        """The rate of ``sender`` at ``now``; applies it to the sender :class:`Gcra` (lazy AIMD)."""
+        configured = self.senders.config.rate_per_s
+        adaptation = self._adapted.get(sender)
+        if adaptation is None:
+            return configured
+        steps = math.floor((now - adaptation.since) / self.adaptive_interval_s + _EPSILON)
+        rate = adaptation.rate + max(steps, 0) * self.adaptive_step * configured
+        if rate >= configured - _EPSILON:
+            del self._adapted[sender]
+            self.senders.set_rate(sender, None)
+            return configured
+        if self.senders.rate(sender) != rate:
+            self.senders.set_rate(sender, rate)
+        return rate
+
+    def _decrease(self, sender: str, pause: float) -> None:
+        now = self._clock.monotonic()
+        current = self._adapted_rate(sender, now)
+        previous = self._adapted.pop(sender, None)
+        if previous is not None and now < previous.hold:
+            adaptation = _Adaptation(rate=current, since=now, hold=previous.hold)
+        else:
+            configured = self.senders.config.rate_per_s
+            rate = min(configured, max(self.adaptive_floor_per_s, current * 0.5))
+            if rate >= configured:  # configured at or below the floor: nothing to adapt
+                return
+            adaptation = _Adaptation(rate=rate, since=now, hold=now + pause)
+        while len(self._adapted) >= self._max_keys:
+            evicted = next(iter(self._adapted))
+            del self._adapted[evicted]
+            self.senders.set_rate(evicted, None)
+        self._adapted[sender] = adaptation
+        self.senders.set_rate(sender, adaptation.rate)
 
     def _refusal(
         self, scope: ErrorScope, sender: str, recipient: str, wait: float, max_wait: float

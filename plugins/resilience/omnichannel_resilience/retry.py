@@ -26,7 +26,6 @@ import inspect
 import logging
 import random
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Literal, TypeVar
 
@@ -137,32 +136,6 @@ class RetryConfig:
             return self.max_delay_s
         return self.max_retry_after_in_process_s
 
-    @classmethod
-    def from_legacy_ms(
-        cls,
-        max_attempts: int,
-        initial_delay_ms: float,
-        max_delay_ms: float,
-        *,
-        jitter: Jitter = "none",
-        deadline_s: float | None = None,
-    ) -> RetryConfig:
-        """The legacy profile from ``WHATSAPP_RETRY_MAX_ATTEMPTS``/``_INITIAL_DELAY_MS``/``_MAX_DELAY_MS``.
-
-        The legacy service had no jitter and no in-process deadline, so those default to ``none``
-        and ``None`` here: ``from_legacy_ms(3, 1000, 10000)`` waits exactly 1 s then 2 s.
-        """
-        for name, value in (("initial_delay_ms", initial_delay_ms), ("max_delay_ms", max_delay_ms)):
-            if not _is_number(value) or not value > 0:
-                raise InvalidField(name, f"must be > 0 (milliseconds), got {value!r}")
-        return cls(
-            max_attempts=max_attempts,
-            initial_delay_s=initial_delay_ms / 1000,
-            max_delay_s=max_delay_ms / 1000,
-            jitter=jitter,
-            deadline_s=deadline_s,
-        )
-
 
 def retryable(exc: BaseException, *, retry_unknown: bool = False) -> bool:
     """Whether ``exc`` may be retried in-process (§1.4, §1.5, §1.10).
@@ -216,7 +189,12 @@ class RetryBudget:
 
     First attempts deposit, retries withdraw. A retry is allowed while
     ``retries_in_window < max(min_retries_per_window, floor(ratio * first_attempts_in_window))``.
+    The window is kept as :data:`BUCKETS` counters of ``window_s / BUCKETS`` seconds each (the
+    spec's ten one-second buckets): memory does not grow with traffic, a first attempt costs one
+    increment, and a bucket leaves the window as a whole.
     """
+
+    BUCKETS = 10
 
     def __init__(
         self,
@@ -237,49 +215,58 @@ class RetryBudget:
         self.min_retries_per_window = min_retries_per_window
         self.window_s = window_s
         self._clock = clock
-        self._attempts: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._width = window_s / self.BUCKETS
+        # Per bucket: the number of the period it counts, first attempts, retries.
+        self._period = [-1] * self.BUCKETS
+        self._attempts = [0] * self.BUCKETS
+        self._retries = [0] * self.BUCKETS
         self._lock = threading.Lock()
 
-    def _expire(self) -> float:
-        now = self._clock.monotonic()
-        horizon = now - self.window_s
-        for times in (self._attempts, self._retries):
-            while times and times[0] <= horizon:
-                times.popleft()
-        return now
+    def _bucket(self) -> tuple[int, int]:
+        """The current period and its bucket, emptied if it held an older period."""
+        period = int(self._clock.monotonic() // self._width)
+        index = period % self.BUCKETS
+        if self._period[index] != period:
+            self._period[index] = period
+            self._attempts[index] = self._retries[index] = 0
+        return period, index
+
+    def _totals(self) -> tuple[int, int]:
+        period, _ = self._bucket()
+        live = [i for i, p in enumerate(self._period) if period - p < self.BUCKETS]
+        return sum(self._attempts[i] for i in live), sum(self._retries[i] for i in live)
+
+    def _allowed(self, attempts: int) -> int:
+        return max(self.min_retries_per_window, int(self.ratio * attempts))
 
     def allowed(self) -> int:
         """How many retries the current window allows in total."""
         with self._lock:
-            self._expire()
-            return max(self.min_retries_per_window, int(self.ratio * len(self._attempts)))
+            return self._allowed(self._totals()[0])
 
     def can_retry(self) -> bool:
         """Whether one more retry fits in the window (does not withdraw; see :meth:`record_retry`)."""
         with self._lock:
-            self._expire()
-            allowed = max(self.min_retries_per_window, int(self.ratio * len(self._attempts)))
-            return len(self._retries) < allowed
+            attempts, retries = self._totals()
+            return retries < self._allowed(attempts)
 
     def record_attempt(self) -> None:
         """A first attempt of a message reached the network."""
         with self._lock:
-            self._attempts.append(self._expire())
+            self._attempts[self._bucket()[1]] += 1
 
     def record_retry(self) -> None:
         """A later attempt (in-process retry or queue redelivery) was granted."""
         with self._lock:
-            self._retries.append(self._expire())
+            self._retries[self._bucket()[1]] += 1
 
     def try_acquire(self) -> bool:
         """:meth:`can_retry` and :meth:`record_retry` as one atomic step."""
         with self._lock:
-            now = self._expire()
-            allowed = max(self.min_retries_per_window, int(self.ratio * len(self._attempts)))
-            if len(self._retries) >= allowed:
+            attempts, retries = self._totals()
+            if retries >= self._allowed(attempts):
                 return False
-            self._retries.append(now)
+            self._retries[self._bucket()[1]] += 1
             return True
 
 
@@ -298,6 +285,7 @@ async def call_with_retries(
     budget: RetryBudget | None = None,
     on_retry: OnRetry | None = None,
     retry_unknown: bool = False,
+    stop: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """Await ``sender()`` up to ``config.max_attempts`` times; return its result or re-raise its last error.
 
@@ -305,7 +293,8 @@ async def call_with_retries(
     not :func:`retryable`, attempts exhausted, budget exhausted, wait too long for in-process, or
     the deadline. ``CancelledError`` (during an attempt or a sleep) propagates at once and no
     further attempt is made. ``on_retry(attempt, delay_s, exc)`` is awaited before each sleep; an
-    exception it raises is logged and does not stop the retries.
+    exception it raises is logged and does not stop the retries. ``stop(exc)`` returning true ends
+    the loop after a retryable error too (the middleware: this failure opened the breaker).
     """
     # Why backoff does not sleep itself: python-backoff 3.0 sleeps with ``asyncio.sleep`` and has no
     # sleep or clock injection (§1.5, §4.2 item 23), and its ``giveup`` runs *before* the wait
@@ -318,6 +307,16 @@ async def call_with_retries(
     # letting ``CancelledError`` (not an ``Exception``) through. ``max_time`` is not used: it reads
     # ``time.monotonic``, not our clock.
     deadline = None if config.deadline_s is None else clock.monotonic() + config.deadline_s
+    if budget is not None:
+        budget.record_attempt()
+    # The first attempt runs on its own: most sends succeed, and they should not pay for building
+    # backoff's machinery. A failure worth retrying is handed to backoff as its first try (replayed).
+    try:
+        return await sender()
+    except Exception as exc:
+        if config.max_attempts <= 1 or not retryable(exc, retry_unknown=retry_unknown):
+            raise
+        first: Exception | None = exc
     max_wait = config.max_in_process_wait_s
     delays = jittered_delays(config, rng)
     next(delays)  # prime
@@ -330,7 +329,7 @@ async def call_with_retries(
 
     def giveup(exc: Exception) -> bool:
         nonlocal pending_delay
-        if not retryable(exc, retry_unknown=retry_unknown):
+        if not retryable(exc, retry_unknown=retry_unknown) or (stop is not None and stop(exc)):
             return True
         if tries >= config.max_attempts:
             return True  # backoff's max_tries would stop here too; do not draw a delay or spend budget
@@ -367,8 +366,10 @@ async def call_with_retries(
         logger=None,
     )
     async def attempt() -> T:
+        nonlocal first
+        if first is not None:
+            replayed, first = first, None
+            raise replayed  # the first try, already made
         return await sender()
 
-    if budget is not None:
-        budget.record_attempt()
     return await attempt()

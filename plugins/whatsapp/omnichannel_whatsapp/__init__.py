@@ -153,6 +153,12 @@ def send(payload: WhatsAppPayload, message: Message, service: OmniChannelService
 
 
 @hookimpl
+def sender_id(service: OmniChannelService) -> str | None:
+    # The business phone number: throughput, pair limits and account failures are per number.
+    return runtime(service).config.phone_number_id
+
+
+@hookimpl
 def register_routes(service: OmniChannelService) -> list[Route]:
     return make_routes(service, lambda: runtime(service).config, runtime(service).dedup)
 

@@ -21,6 +21,7 @@ import click
 from aiohttp import web
 
 from omnichannel import (
+    CircuitStateChanged,
     DeliveryFailed,
     DeliveryStatus,
     Event,
@@ -28,6 +29,7 @@ from omnichannel import (
     OmniChannelService,
     PluginSettings,
     Receipt,
+    RetryScheduled,
     SendBulk,
     ServiceConfig,
     StatusChanged,
@@ -59,13 +61,27 @@ STATUS_RANK = {
 class Tracker:
     """A listener plugin: the furthest status of every message of the campaign."""
 
+    echo: Any = None
+    """Where retries and breaker moves are shown as they happen (``None``: not shown)."""
     status: dict[str, DeliveryStatus] = attrs.field(factory=dict)
     reasons: dict[str, str] = attrs.field(factory=dict)
     webhooks: int = 0
+    retries: int = 0
 
     @hookimpl
     def on_event(self, event: Event) -> None:
-        if isinstance(event, MessageSent):
+        if isinstance(event, RetryScheduled):
+            # Emitted by the resilience plugin: the message is not failed, it is tried again.
+            self.retries += 1
+            if self.echo is not None:
+                error = event.error
+                self.echo(
+                    f"  retry     {event.message_id[-8:]}  attempt {event.attempt} failed: {error.kind} "
+                    f"(code {error.code}); trying again in {event.delay_s:.2f} s"
+                )
+        elif isinstance(event, CircuitStateChanged) and self.echo is not None:
+            self.echo(f"  breaker   {event.channel}:{event.sender}  {event.previous} -> {event.current}")
+        elif isinstance(event, MessageSent):
             # A resend that succeeds after a failure: the message is on its way after all.
             if self.status.get(event.message.id) in (None, DeliveryStatus.FAILED):
                 self.status[event.message.id] = DeliveryStatus.ACCEPTED
@@ -121,7 +137,8 @@ def _fill(info: TemplateInfo) -> Template:
 
 def _line(receipt: Receipt, phase: str) -> str:
     if receipt.ok:
-        return f"  {phase:<9} {receipt.message_id[-8:]}  accepted  {receipt.provider_message_id}"
+        attempts = f"  (attempt {receipt.attempts})" if receipt.attempts > 1 else ""
+        return f"  {phase:<9} {receipt.message_id[-8:]}  accepted  {receipt.provider_message_id}{attempts}"
     error = receipt.error
     assert error is not None
     retry = "retryable" if error.retryable else "final"
@@ -139,7 +156,7 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
         read_probability=0.7,
         seed=7,
     )
-    tracker = Tracker()
+    tracker = Tracker(echo=echo)
     async with Sandbox(settings) as sandbox:
         config = ServiceConfig(
             plugins={
@@ -152,7 +169,11 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
                         "app_secret": settings.app_secret,
                         "verify_token": "demo-verify-token",
                     }
-                )
+                ),
+                # Short waits, so that the retries of the outage do not slow the demo down.
+                "resilience": PluginSettings(
+                    settings={"retry": {"initial_delay_s": 0.1, "max_delay_s": 1.0}}
+                ),
             }
         )
         service = OmniChannelService(config, plugins=[("demo-tracker", tracker)])

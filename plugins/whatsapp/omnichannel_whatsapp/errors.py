@@ -63,19 +63,22 @@ class GraphErrorRule:
     :param error: the delivery error class raised for the code.
     :param scope: what the error is about (who would have to change).
     :param certainty: whether Meta may have acted on the request.
+    :param wait_s: the least ``retry_after`` of the error, for codes whose cool-down Meta
+        documents but does not send (spam limit, paused template, per-user marketing cap).
     """
 
     error: type[DeliveryError]
     scope: ErrorScope | None = None
     certainty: Certainty = Certainty.REJECTED
+    wait_s: float | None = None
 
 
 def _transient(certainty: Certainty = Certainty.REJECTED) -> GraphErrorRule:
     return GraphErrorRule(TransientDeliveryError, None, certainty)
 
 
-def _throttled(scope: ErrorScope) -> GraphErrorRule:
-    return GraphErrorRule(RateLimitedError, scope)
+def _throttled(scope: ErrorScope, wait_s: float | None = None) -> GraphErrorRule:
+    return GraphErrorRule(RateLimitedError, scope, wait_s=wait_s)
 
 
 def _sender(scope: ErrorScope) -> GraphErrorRule:
@@ -86,6 +89,7 @@ def _permanent(scope: ErrorScope) -> GraphErrorRule:
     return GraphErrorRule(PermanentDeliveryError, scope)
 
 
+_MINUTE, _HOUR = 60.0, 3600.0
 _APP, _ACCOUNT, _SENDER = ErrorScope.APP, ErrorScope.ACCOUNT, ErrorScope.SENDER
 _RECIPIENT, _MESSAGE = ErrorScope.RECIPIENT, ErrorScope.MESSAGE
 
@@ -100,8 +104,8 @@ GRAPH_ERROR_CODES: Mapping[int, GraphErrorRule] = {
     131057: _transient(),  # account in maintenance mode, <= 1 min (HTTP 500)
     133004: _transient(),  # server temporarily unavailable (HTTP 503)
     # -- template paused for low quality (retry "L"): resend after unpause, the message
-    # may succeed later unchanged; the retry policy defers it (about 1 h).
-    132015: GraphErrorRule(TransientDeliveryError, _MESSAGE),
+    # may succeed later unchanged: deferred for an hour (the endpoint itself is fine).
+    132015: GraphErrorRule(TransientDeliveryError, _MESSAGE, wait_s=_HOUR),
     # -- throttling (RL), rejected; ``scope`` is whose budget ran out.
     4: _throttled(_APP),  # API Too Many Calls: app-level call limit (X-App-Usage)
     17: _throttled(_ACCOUNT),  # Graph user request limit (the business's system user)
@@ -111,10 +115,10 @@ GRAPH_ERROR_CODES: Mapping[int, GraphErrorRule] = {
     80008: _throttled(_ACCOUNT),  # too many calls to this WABA (template endpoints)
     130429: _throttled(_SENDER),  # Cloud API throughput (mps) of the business number
     131056: _throttled(_RECIPIENT),  # (business, consumer) pair rate limit: that recipient only
-    131048: _throttled(_SENDER),  # spam rate limit: quality restriction of the number (hours)
-    131049: _throttled(_RECIPIENT),  # per-user marketing cap (>= 24 h for that user)
+    131048: _throttled(_SENDER, 15 * _MINUTE),  # spam rate limit: quality restriction of the number
+    131049: _throttled(_RECIPIENT, 24 * _HOUR),  # per-user marketing cap (>= 24 h for that user)
     131064: _throttled(_ACCOUNT),  # messaging limit after template-classification violations
-    132069: _throttled(_MESSAGE),  # flow throttled: 10 messages with this flow in the last hour
+    132069: _throttled(_MESSAGE, _HOUR),  # flow throttled: 10 messages with this flow in the last hour
     133016: _throttled(_SENDER),  # register/deregister rate limit of the number
     # -- sender unusable (retry "N"/"L" by an operator): park the sender's messages.
     0: _sender(_SENDER),  # AuthException: could not authenticate (get a new token)
@@ -231,6 +235,8 @@ def classify_graph_error(
         error_cls, scope, certainty = PermanentDeliveryError, ErrorScope.MESSAGE, Certainty.REJECTED
 
     retry_after = _retry_after(headers, error_cls, now) if error_cls.retryable else None
+    if rule is not None and rule.wait_s is not None and error_cls.retryable:
+        retry_after = max(retry_after or 0.0, rule.wait_s)
     return error_cls(
         _redact(_detail(status, body, graph), redact),
         code=graph.code if graph is not None else None,

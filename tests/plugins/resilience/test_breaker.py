@@ -21,6 +21,7 @@ from omnichannel import (
 from omnichannel.testing import FakeClock
 from omnichannel_resilience.breaker import (
     BreakerConfig,
+    BreakerSnapshot,
     CircuitBreaker,
     Outcome,
     State,
@@ -81,6 +82,8 @@ def half_open() -> tuple[CircuitBreaker, FakeClock, Transitions]:
         (SystemExit(1), Outcome.IGNORED),
         (GeneratorExit(), Outcome.IGNORED),
         (TransientDeliveryError("503"), Outcome.FAILURE),
+        (TransientDeliveryError("132015 template paused", scope=ErrorScope.MESSAGE), Outcome.SUCCESS),
+        (TransientDeliveryError("131000", scope=ErrorScope.SENDER), Outcome.FAILURE),
         (SenderUnavailableError("190 token expired", scope=ErrorScope.SENDER), Outcome.FAILURE),
         (PermanentDeliveryError("132001", scope=ErrorScope.MESSAGE), Outcome.SUCCESS),
         (PermanentDeliveryError("131026", scope=ErrorScope.RECIPIENT), Outcome.SUCCESS),
@@ -464,6 +467,33 @@ def test_metrics_only_records_without_transition() -> None:
     assert seen == [(State.CLOSED, State.METRICS_ONLY)]
 
 
+def test_metrics_only_reports_the_failure_threshold_once() -> None:
+    kinds: list[str] = []
+    breaker = CircuitBreaker("x", BreakerConfig(), FakeClock(), on_threshold=kinds.append)
+    breaker.metrics_only()
+    fail(breaker, 12)
+    succeed(breaker)
+    fail(breaker, 5)
+    assert kinds == ["failure_threshold"]
+    assert breaker.state is State.METRICS_ONLY
+    breaker.metrics_only()  # a new phase re-arms the report
+    fail(breaker, 5)
+    assert kinds == ["failure_threshold", "failure_threshold"]
+
+
+def test_threshold_is_reported_before_the_transition() -> None:
+    events: list[object] = []
+    breaker = CircuitBreaker(
+        "x",
+        BreakerConfig(),
+        FakeClock(),
+        on_transition=lambda prev, cur: events.append((prev, cur)),
+        on_threshold=events.append,
+    )
+    fail(breaker, 5)
+    assert events == ["failure_threshold", (State.CLOSED, State.OPEN)]
+
+
 def test_reset_clears_counters_and_makes_old_permits_stale() -> None:
     breaker, _, _ = make()
     late = breaker.acquire()
@@ -511,6 +541,69 @@ def test_breakers_are_independent() -> None:  # CB-22
     assert (a.state, b.state) == (State.OPEN, State.CLOSED)
 
 
+# -- slow calls in consecutive mode ----------------------------------------------------------------------
+
+
+def slow_success(breaker: CircuitBreaker, clock: FakeClock, took: float) -> None:
+    permit = breaker.acquire()
+    clock.advance(took)
+    permit.record(Outcome.SUCCESS)
+
+
+def test_slow_success_is_a_success_by_default() -> None:
+    breaker, clock, _ = make()
+    fail(breaker, 4)
+    slow_success(breaker, clock, 600.0)
+    assert breaker.snapshot().failures == 0
+
+
+def test_count_slow_as_failure_in_closed() -> None:
+    breaker, clock, seen = make(BreakerConfig(count_slow_as_failure=True, slow_call_duration_s=5.0))
+    for _ in range(4):
+        slow_success(breaker, clock, 6.0)
+    assert breaker.snapshot().failures == 4
+    slow_success(breaker, clock, 5.0)  # not slow: > threshold, strictly
+    assert breaker.snapshot().failures == 0
+    for _ in range(5):
+        slow_success(breaker, clock, 5.001)
+    assert seen == [(State.CLOSED, State.OPEN)]
+
+
+def test_count_slow_as_failure_in_half_open() -> None:
+    breaker, clock, _ = make(BreakerConfig(count_slow_as_failure=True))
+    fail(breaker, 5)
+    clock.advance(60)
+    slow_success(breaker, clock, 1.0)
+    slow_success(breaker, clock, 6.0)  # a slow probe re-opens
+    snap = breaker.snapshot()
+    assert (snap.state, snap.open_count) == (State.OPEN, 2)
+
+
+# -- snapshot -------------------------------------------------------------------------------------------
+
+
+def test_consecutive_snapshot_has_no_rates() -> None:
+    breaker, _, _ = make()
+    fail(breaker, 3)
+    snap = breaker.snapshot()
+    assert (snap.mode, snap.failure_rate, snap.slow_call_rate, snap.calls_in_window) == (
+        "consecutive",
+        None,
+        None,
+        0,
+    )
+
+
+def test_snapshot_without_the_rate_fields_keeps_working() -> None:
+    snap = BreakerSnapshot("x", State.CLOSED, 0, 0, 0, None, 0, 0, 0)
+    assert (snap.mode, snap.failure_rate, snap.slow_call_rate, snap.calls_in_window) == (
+        "consecutive",
+        None,
+        None,
+        0,
+    )
+
+
 # -- config ---------------------------------------------------------------------------------------------
 
 
@@ -536,6 +629,28 @@ def test_legacy_defaults() -> None:
         ({"half_open_retry_hint_s": 0.0}, "half_open_retry_hint_s", "must be > 0, got 0.0"),
         ({"open_backoff_multiplier": 0.5}, "open_backoff_multiplier", "must be >= 1, got 0.5"),
         ({"open_s": 120.0}, "max_open_s", "must be >= open_s (120.0), got 60.0"),
+        ({"mode": "ratio"}, "mode", "must be 'consecutive' or 'rate', got 'ratio'"),
+        ({"window_type": "calls"}, "window_type", "must be 'count' or 'time', got 'calls'"),
+        ({"window_size": 0}, "window_size", "must be an integer >= 1, got 0"),
+        ({"window_size": 10.0}, "window_size", "must be an integer >= 1, got 10.0"),
+        ({"minimum_calls": 0}, "minimum_calls", "must be an integer >= 1, got 0"),
+        ({"failure_rate_threshold": 0}, "failure_rate_threshold", "must be > 0 and <= 100, got 0"),
+        ({"failure_rate_threshold": 100.5}, "failure_rate_threshold", "must be > 0 and <= 100, got 100.5"),
+        ({"failure_rate_threshold": True}, "failure_rate_threshold", "must be > 0 and <= 100, got True"),
+        ({"slow_call_duration_s": 0.0}, "slow_call_duration_s", "must be > 0, got 0.0"),
+        ({"slow_call_rate_threshold": -5.0}, "slow_call_rate_threshold", "must be > 0 and <= 100, got -5.0"),
+        ({"slow_call_rate_threshold": 101}, "slow_call_rate_threshold", "must be > 0 and <= 100, got 101"),
+        (
+            {"permitted_calls_in_half_open": 0},
+            "permitted_calls_in_half_open",
+            "must be an integer >= 1, got 0",
+        ),
+        ({"count_slow_as_failure": 1}, "count_slow_as_failure", "must be true or false, got 1"),
+        (
+            {"mode": "rate", "count_slow_as_failure": True},
+            "count_slow_as_failure",
+            "applies to consecutive mode only; rate mode uses slow_call_rate_threshold",
+        ),
     ],
 )
 def test_config_validation_names_the_field(kwargs: dict[str, Any], field: str, message: str) -> None:
@@ -543,6 +658,34 @@ def test_config_validation_names_the_field(kwargs: dict[str, Any], field: str, m
         BreakerConfig(**kwargs)
     assert info.value.field == field
     assert str(info.value) == message
+
+
+def test_rate_mode_defaults() -> None:
+    config = BreakerConfig()
+    assert (config.mode, config.window_type, config.window_size, config.minimum_calls) == (
+        "consecutive",
+        "count",
+        100,
+        20,
+    )
+    assert (config.failure_rate_threshold, config.slow_call_duration_s, config.slow_call_rate_threshold) == (
+        50.0,
+        5.0,
+        100.0,
+    )
+    assert (config.permitted_calls_in_half_open, config.count_slow_as_failure) == (10, False)
+    BreakerConfig(failure_rate_threshold=100, slow_call_rate_threshold=0.1)  # bounds are (0, 100]
+
+
+def test_extra_half_open_permits_warn_in_consecutive_mode(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        BreakerConfig(half_open_permits=2, success_threshold=2)
+        BreakerConfig(mode="rate", half_open_permits=5, success_threshold=2)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        config = BreakerConfig(half_open_permits=3, success_threshold=2)
+    assert config.half_open_permits == 3
+    assert "half_open_permits (3) > success_threshold (2)" in caplog.text
 
 
 def test_config_is_frozen() -> None:

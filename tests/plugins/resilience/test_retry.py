@@ -29,7 +29,7 @@ from omnichannel_resilience.retry import (
     retryable,
 )
 
-LEGACY = RetryConfig.from_legacy_ms(3, 1000, 10000)
+LEGACY = RetryConfig(3, 1.0, 2.0, 10.0, jitter="none", deadline_s=None)  # the PHP service's numbers
 
 
 class Flaky:
@@ -222,6 +222,23 @@ def test_budget_ratio_and_window() -> None:  # BU-01, BU-03
     assert budget.can_retry()
 
 
+def test_budget_buckets_slide_out_one_by_one() -> None:  # BU-03
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_retries_per_window=3, window_s=10.0, clock=clock)
+    for _ in range(50):
+        budget.record_attempt()
+    clock.advance(5.0)
+    for _ in range(50):
+        budget.record_attempt()
+    assert budget.allowed() == 20
+    clock.advance(5.0)  # the first second's bucket leaves the window, the sixth's stays
+    assert budget.allowed() == 10
+    clock.advance(4.5)
+    assert budget.allowed() == 10
+    clock.advance(0.5)
+    assert budget.allowed() == 3
+
+
 async def test_cancelled_during_sleep_propagates_and_stops() -> None:  # RT-09
     clock = FakeClock()
     sender = Flaky(transient(), transient())
@@ -372,16 +389,6 @@ def test_retryable_unknown_policy() -> None:
     assert not retryable(CircuitOpenError("open", certainty=Certainty.UNKNOWN), retry_unknown=True)
 
 
-def test_legacy_ms_conversion() -> None:
-    config = RetryConfig.from_legacy_ms(4, 250, 8000)
-    assert config.max_attempts == 4
-    assert config.initial_delay_s == 0.25
-    assert config.max_delay_s == 8.0
-    assert config.jitter == "none"
-    assert config.deadline_s is None
-    assert config.max_in_process_wait_s == 8.0
-
-
 def test_defaults() -> None:
     config = RetryConfig()
     assert (config.max_attempts, config.initial_delay_s, config.multiplier, config.max_delay_s) == (
@@ -414,12 +421,6 @@ def test_config_validation(kwargs: dict[str, object], field: str, problem: str) 
         RetryConfig(**kwargs)  # type: ignore[arg-type]
     assert raised.value.field == field
     assert str(raised.value) == problem
-
-
-def test_legacy_ms_validation() -> None:
-    with pytest.raises(InvalidField) as raised:
-        RetryConfig.from_legacy_ms(3, 0, 10000)
-    assert raised.value.field == "initial_delay_ms"
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,16 @@ async def test_the_demo_accounts_for_every_message():
     lines: list[str] = []
     counts = await run_demo(echo=lines.append)
     assert sum(counts.values()) == CAMPAIGN
-    # The recipient that is not on WhatsApp fails later, by webhook (131026); the outage's
-    # transient failures are sent again and accepted.
+    # The recipient that is not on WhatsApp fails later, by webhook (131026); the resilience
+    # plugin retries the outage's transient failures, which are then accepted.
     assert counts.get("failed") == 1
     assert counts.get("read", 0) + counts.get("delivered", 0) + counts.get("sent", 0) == CAMPAIGN - 1
     text = "\n".join(lines)
     assert "outage: the sandbox now fails the next 3 requests" in text
-    assert "classified 3 failure(s) as transient" in text
+    retries = [line for line in lines if line.startswith("  retry ")]
+    assert len(retries) == 3
+    assert all("attempt 1 failed: TransientDeliveryError (code 2)" in line for line in retries)
+    assert text.count("(attempt 2)") == 3
     assert "failed: code 131026" in text
 
 

@@ -123,7 +123,16 @@ def test_graph_codes_are_classified_by_the_table(code, status, cls, scope, certa
 
     assert type(error) is cls
     assert (error.code, error.http_status, error.scope, error.certainty) == (code, status, scope, certainty)
-    assert error.retry_after is None
+    assert error.retry_after == DOCUMENTED_WAITS.get(code)
+
+
+# Cool-downs Meta documents but does not send: the least retry_after of these codes.
+DOCUMENTED_WAITS = {132015: 3600.0, 131048: 900.0, 131049: 86400.0, 132069: 3600.0}
+
+
+def test_a_longer_retry_after_from_meta_wins_over_the_documented_wait():
+    error = classify_graph_error(400, envelope(131048), {"Retry-After": "7200"})
+    assert error.retry_after == 7200.0
 
 
 def test_every_code_in_the_table_is_a_delivery_error_class():

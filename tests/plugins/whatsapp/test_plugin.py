@@ -431,3 +431,12 @@ def test_cli_lists_templates_and_checks_the_configuration(sandbox, tmp_path, mon
     assert shown.exit_code == 0, shown.output
     assert ACCESS_TOKEN not in shown.output
     assert APP_SECRET not in shown.output
+
+
+def test_hook_sender_id_whatsapp_names_the_business_phone_number(sandbox):
+    service = whatsapp_service(sandbox)
+    message = Message(RECIPIENT, Text("hello"), channel="whatsapp")
+    assert service.sender_of(message, "whatsapp") == sandbox.settings.phone_number_id
+    # Without a phone number id configured, the channel's name is the sender.
+    bare = make_service(("whatsapp", omnichannel_whatsapp))
+    assert bare.sender_of(message, "whatsapp") == "whatsapp"
