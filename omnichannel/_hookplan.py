@@ -99,6 +99,16 @@ class WrappedCall:
         return result
 
 
+def _no_answer(**_: Any) -> None:
+    """A first-result hook nobody implements."""
+    return None
+
+
+def _no_answers(**_: Any) -> list[Any]:
+    """A broadcast hook nobody implements."""
+    return []
+
+
 @attrs.frozen
 class Plan:
     """The hook callers for one channel owner and one set of plugins out of rollout."""
@@ -139,6 +149,8 @@ def _caller(pm: pluggy.PluginManager, hook: str, remove: frozenset[object]) -> C
     monitored = getattr(pm, "monitored", True)
     if not monitored and not any(impl.hookwrapper or impl.kwargnames for impl in impls):
         firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        if not impls:
+            return _no_answer if firstresult else _no_answers
         if any(impl.wrapper for impl in impls):
             return WrappedCall(impls[::-1], firstresult)
         return DirectCall(impls[::-1], firstresult)

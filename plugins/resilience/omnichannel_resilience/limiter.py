@@ -479,8 +479,9 @@ class Limiter:
 
     def on_success(self, sender: str, recipient: str) -> None:
         """A message to the pair went out: its consecutive 131056 count starts again at 0."""
-        with self._lock:
-            self._pair_hits.pop(pair_key(sender, recipient), None)
+        if self._pair_hits:  # almost always empty: no lock on the happy path
+            with self._lock:
+                self._pair_hits.pop(pair_key(sender, recipient), None)
 
     def pair_hits(self, sender: str, recipient: str) -> int:
         """Consecutive 131056 answers for the pair since its last success."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,31 +55,6 @@ def test_a_name_without_a_channel_is_a_usage_error(tmp_path):
 
 REDIS_URL = os.environ.get("OMNICHANNEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NAME = "whatsapp:106540352242922"
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix of this test alone (keys deleted afterwards); no Redis: fail on CI, skip elsewhere."""
-    import redis
-    from redis.exceptions import RedisError
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        client.ping()
-    except (RedisError, OSError) as exc:
-        client.close()
-        reason = f"no Redis at {REDIS_URL} ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so the Redis tests must run")
-        pytest.skip(reason)
-    prefix = f"omnichannel-test:{uuid.uuid4().hex}"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=prefix + ":*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 def redis_config(prefix: str) -> str:

@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -67,12 +66,8 @@ from omnichannel import (
 from omnichannel.testing import EventRecorder, FakeClock, make_service
 from omnichannel_resilience import ResiliencePlugin, runtime
 from omnichannel_resilience.breaker import BreakerSnapshot, Outcome, State
-from omnichannel_whatsapp.sandbox import Fault, RecordedMessage, Sandbox, SandboxSettings
+from omnichannel_whatsapp.sandbox import Fault, Sandbox, SandboxSettings, SandboxThread
 
-T = TypeVar("T")
-
-WAIT_S = 10.0
-"""The longest a test waits for the sandbox's thread; only a broken sandbox ever takes that long."""
 SEED = 7
 THRESHOLD = 5
 """``failure_threshold`` of both profiles."""
@@ -80,101 +75,6 @@ OPEN_S = 60.0
 """``open_s`` of both profiles."""
 
 # ---------------------------------------------------------------- the sandbox in its own thread
-
-
-class SandboxThread:
-    """A ``Sandbox`` served by its own event loop in a background thread (from test_plugin.py)."""
-
-    def __init__(self, settings: SandboxSettings) -> None:
-        self._settings = settings
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: asyncio.Event | None = None
-        self._sandbox: Sandbox | None = None
-        self._thread = threading.Thread(target=self._main, name="chaos-sandbox", daemon=True)
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        try:
-            self._loop = asyncio.get_running_loop()
-            self._done = asyncio.Event()
-            self._sandbox = Sandbox(self._settings)
-            await self._sandbox.start()
-        except BaseException as exc:
-            self._error = exc
-            return
-        finally:
-            self._ready.set()
-        try:
-            await self._done.wait()
-        finally:
-            await self._sandbox.stop()
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(WAIT_S):
-            raise RuntimeError(f"the sandbox did not start within {WAIT_S} s")
-        if self._error is not None:
-            self._thread.join(WAIT_S)
-            raise RuntimeError("the sandbox did not start") from self._error
-
-    def stop(self) -> None:
-        sandbox, loop, done = self._sandbox, self._loop, self._done
-        assert sandbox is not None
-        assert loop is not None
-        assert done is not None
-        try:
-            asyncio.run_coroutine_threadsafe(sandbox.stop(), loop).result(WAIT_S)
-        finally:
-            loop.call_soon_threadsafe(done.set)
-            self._thread.join(WAIT_S)
-        assert not self._thread.is_alive(), "the sandbox's thread did not end"
-
-    def call(self, work: Callable[[Sandbox], T]) -> T:
-        """``work(sandbox)``, run on the sandbox's loop; its result."""
-        sandbox, loop = self._sandbox, self._loop
-        assert sandbox is not None
-        assert loop is not None
-
-        async def run() -> T:
-            return work(sandbox)
-
-        return asyncio.run_coroutine_threadsafe(run(), loop).result(WAIT_S)
-
-    @property
-    def url(self) -> str:
-        assert self._sandbox is not None
-        return self._sandbox.url
-
-    @property
-    def settings(self) -> SandboxSettings:
-        assert self._sandbox is not None
-        return self._sandbox.settings
-
-    def reset(self) -> None:
-        def reset(sandbox: Sandbox) -> None:
-            sandbox.faults.clear()
-            sandbox.state.reset()
-
-        self.call(reset)
-
-    def messages(self) -> list[RecordedMessage]:
-        return self.call(lambda sandbox: list(sandbox.state.messages))
-
-    def counters(self) -> dict[str, int]:
-        return self.call(lambda sandbox: dict(sandbox.state.counters))
-
-    def add_fault(self, fault: Fault) -> str:
-        return self.call(lambda sandbox: sandbox.faults.add(fault))
-
-    def clear_faults(self) -> int:
-        return self.call(lambda sandbox: sandbox.faults.clear())
-
-    def faults_left(self) -> int:
-        return self.call(lambda sandbox: len(sandbox.faults.faults))
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import types
-import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,32 +21,12 @@ from omnichannel_resilience.breaker import BreakerConfig, Outcome, Permit, State
 from omnichannel_resilience.limiter import RateConfig
 from omnichannel_resilience.redis_state import RedisBreakerStore, RedisLimiterStore, RedisPermit
 
-REDIS_URL = os.environ.get("OMNICHANNEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 BASE_MS = 1_767_225_600_000  # virtual server time at clock.monotonic() == 0
 NAME = "whatsapp:106540352242922"
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-async def redis_url():
-    """The test Redis; without one the test fails on CI (``$CI`` set) and is skipped elsewhere."""
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        reason = f"no Redis at {REDIS_URL} ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so the Redis tests must run")
-        pytest.skip(f"{reason}; start one (or set OMNICHANNEL_TEST_REDIS_URL) to run this test")
-    finally:
-        await client.aclose()
-    return REDIS_URL
 
 
 @pytest.fixture
@@ -61,19 +39,8 @@ async def raw_redis(redis_url):
 
 
 @pytest.fixture
-async def prefix(redis_url):
-    """A key prefix of this test alone; its keys are deleted afterwards."""
-    import redis.asyncio as aioredis
-
-    prefix = f"omnichannel-test:{uuid.uuid4().hex}"
-    yield prefix
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + ":*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+def prefix(redis_prefix):
+    return redis_prefix
 
 
 @pytest.fixture

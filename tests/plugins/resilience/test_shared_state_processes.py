@@ -12,10 +12,7 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 from typing import Any
-
-import pytest
 
 REDIS_URL = os.environ.get("OMNICHANNEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -64,31 +61,6 @@ async def main(args):
 
 asyncio.run(main(json.loads(sys.argv[1])))
 """
-
-
-@pytest.fixture
-async def redis_prefix():
-    """A key prefix of this test alone (keys deleted afterwards); no Redis: fail on CI, skip elsewhere."""
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        reason = f"no Redis at {REDIS_URL} ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so the Redis tests must run")
-        pytest.skip(reason)
-    prefix = f"omnichannel-test:{uuid.uuid4().hex}"
-    try:
-        yield prefix
-    finally:
-        keys = [key async for key in client.scan_iter(match=prefix + ":*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 async def run_worker(

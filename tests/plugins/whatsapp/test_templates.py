@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import sys
 import uuid
@@ -39,7 +38,6 @@ from omnichannel_whatsapp.templates import (
     parse_template,
 )
 
-REDIS_URL = os.environ.get("OMNICHANNEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 WABA = "102290129340398"
 
@@ -887,38 +885,9 @@ def test_memory_cache_rejects_a_negative_ttl(fake_clock):
 
 
 @pytest.fixture
-async def redis_url():
-    """The test Redis; without one the test fails on CI (``$CI`` set) and is skipped elsewhere."""
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        reason = f"no Redis at {REDIS_URL} ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so the Redis tests must run")
-        pytest.skip(f"{reason}; start one (or set OMNICHANNEL_TEST_REDIS_URL) to run this test")
-    finally:
-        await client.aclose()
-    return REDIS_URL
-
-
-@pytest.fixture
-async def redis_prefix(redis_url):
-    """A key prefix of this test alone; its keys are deleted afterwards."""
-    import redis.asyncio as aioredis
-
-    prefix = f"omnichannel-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+def cache_prefix(redis_prefix):
+    """A template cache prefix of this test alone (the cache appends the WABA id)."""
+    return redis_prefix + ":"
 
 
 @pytest.fixture
@@ -930,14 +899,14 @@ async def raw_redis(redis_url):
     await client.aclose()
 
 
-async def test_redis_cache_round_trip_with_a_server_side_ttl(redis_url, redis_prefix, raw_redis):
-    cache = RedisTemplateCache(redis_url, 30, prefix=redis_prefix)
+async def test_redis_cache_round_trip_with_a_server_side_ttl(redis_url, cache_prefix, raw_redis):
+    cache = RedisTemplateCache(redis_url, 30, prefix=cache_prefix)
     try:
         assert await cache.get(WABA) is None
         await cache.put(WABA, RAW)
         assert list(await cache.get(WABA)) == RAW
-        assert 0 < await raw_redis.pttl(redis_prefix + WABA) <= 30_000
-        assert json.loads(await raw_redis.get(redis_prefix + WABA)) == RAW
+        assert 0 < await raw_redis.pttl(cache_prefix + WABA) <= 30_000
+        assert json.loads(await raw_redis.get(cache_prefix + WABA)) == RAW
     finally:
         await cache.close()
 
@@ -953,10 +922,10 @@ async def test_redis_cache_default_prefix(redis_url, raw_redis):
         await cache.close()
 
 
-async def test_two_processes_share_one_fetched_list(redis_url, redis_prefix):
+async def test_two_processes_share_one_fetched_list(redis_url, cache_prefix):
     first_graph, second_graph = FakeGraph(RAW), FakeGraph(RAW)
-    first_cache = RedisTemplateCache(redis_url, 60, prefix=redis_prefix)
-    second_cache = RedisTemplateCache(redis_url, 60, prefix=redis_prefix)
+    first_cache = RedisTemplateCache(redis_url, 60, prefix=cache_prefix)
+    second_cache = RedisTemplateCache(redis_url, 60, prefix=cache_prefix)
     try:
         first = TemplateRegistry(first_graph, WABA, first_cache)
         second = TemplateRegistry(second_graph, WABA, second_cache)
@@ -977,23 +946,23 @@ async def test_two_processes_share_one_fetched_list(redis_url, redis_prefix):
         await second_cache.close()
 
 
-async def test_redis_cache_treats_a_malformed_value_as_a_miss(redis_url, redis_prefix, raw_redis, caplog):
-    await raw_redis.set(redis_prefix + WABA, b"{not json", px=10_000)
-    cache = RedisTemplateCache(redis_url, 30, prefix=redis_prefix)
+async def test_redis_cache_treats_a_malformed_value_as_a_miss(redis_url, cache_prefix, raw_redis, caplog):
+    await raw_redis.set(cache_prefix + WABA, b"{not json", px=10_000)
+    cache = RedisTemplateCache(redis_url, 30, prefix=cache_prefix)
     try:
         assert await cache.get(WABA) is None
     finally:
         await cache.close()
     assert "whatsapp: ignoring a malformed template list in redis://" in caplog.text
-    assert f" at '{redis_prefix}{WABA}'" in caplog.text
+    assert f" at '{cache_prefix}{WABA}'" in caplog.text
 
 
-async def test_redis_cache_with_ttl_zero_stores_nothing(redis_url, redis_prefix, raw_redis):
-    cache = RedisTemplateCache(redis_url, 0, prefix=redis_prefix)
+async def test_redis_cache_with_ttl_zero_stores_nothing(redis_url, cache_prefix, raw_redis):
+    cache = RedisTemplateCache(redis_url, 0, prefix=cache_prefix)
     try:
         await cache.put(WABA, RAW)
         assert await cache.get(WABA) is None
-        assert await raw_redis.exists(redis_prefix + WABA) == 0
+        assert await raw_redis.exists(cache_prefix + WABA) == 0
     finally:
         await cache.close()
 
@@ -1050,7 +1019,7 @@ def test_redis_cache_without_the_redis_package(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(PluginError) as info:
-        RedisTemplateCache(REDIS_URL, 60)
+        RedisTemplateCache("redis://127.0.0.1:6379/0", 60)
     assert str(info.value) == (
         "plugin 'whatsapp': redis_url is set but the 'redis' package is not installed; "
         "install it with: pip install 'omnichannel[redis]'"

@@ -9,7 +9,8 @@ then ``sandbox.url`` is the plugin's ``base_url``), or from the command line wit
 * ``faults``: injected errors, latency, timeouts and dropped connections;
 * ``webhooks``: the status webhooks (``WebhookDispatcher``);
 * ``control``: the ``/_sandbox/`` API;
-* ``app``: ``make_sandbox_app`` and ``Sandbox``; ``cli``: the command.
+* ``app``: ``make_sandbox_app`` and ``Sandbox``; ``cli``: the command;
+* ``thread``: ``SandboxThread``, a sandbox on its own thread and loop (for tests).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .cli import sandbox_command
 from .control import control_routes
 from .faults import Fault, FaultPlan, InvalidFault, fault_middleware
 from .state import RecordedMessage, SandboxSettings, SandboxState, WebhookRecord
+from .thread import SandboxThread
 from .webhooks import WebhookDispatcher
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Sandbox",
     "SandboxSettings",
     "SandboxState",
+    "SandboxThread",
     "WebhookDispatcher",
     "WebhookRecord",
     "control_routes",
