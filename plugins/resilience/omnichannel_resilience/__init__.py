@@ -63,6 +63,10 @@ class ResiliencePlugin:
         return runtime(service, rng=self._rng).wrap(inner, message, channel)
 
     @hookimpl
+    def startup(self, service: OmniChannelService) -> None:
+        runtime(service, rng=self._rng).start_watching()
+
+    @hookimpl
     async def shutdown(self, service: OmniChannelService) -> None:
         layer = service.state.pop(PLUGIN_NAME, None)
         if isinstance(layer, Resilience):

@@ -22,6 +22,7 @@ as ``RetryScheduled``, so metrics and logs see them without importing this plugi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -91,6 +92,8 @@ class Resilience:
         self._watchdog = Watchdog()
         self._budgets: dict[str, RetryBudget] = {}
         self._opens: dict[str, int] = {}  # breaker name -> times this process saw it open
+        self._seen: dict[str, State] = {}  # breaker name -> the state last reported
+        self._watcher: asyncio.Task[None] | None = None
         self._initialised: set[str] = set()
 
     # ------------------------------------------------------------ set-up
@@ -149,10 +152,49 @@ class Resilience:
         return MemoryLimiterStore(limiter)
 
     async def close(self) -> None:
-        """Close the stores (their Redis connections)."""
+        """Stop watching the breakers and close the stores (their Redis connections)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         for store in (self.breakers, self.limiter):
             if store is not None:
                 await store.close()
+
+    # ------------------------------------------------------------ watching the breakers
+
+    def start_watching(self) -> None:
+        """Call :meth:`report_breakers` every ``poll_interval_s`` (of the loop's time) until :meth:`close`."""
+        if self.breakers is not None and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="breaker-watcher")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.report_breakers()
+            except Exception:
+                log.exception("cannot read the circuit breakers' state; trying again")
+
+    async def report_breakers(self) -> None:
+        """Emit ``CircuitStateChanged`` for breakers that moved without a send through this process.
+
+        A breaker's state is computed when read: an idle sender's breaker turns from open to
+        half-open only when someone looks, and with shared state another worker may have moved it.
+        Reading each breaker this process uses reports such moves, so that a state gauge built from
+        the events shows the truth (the legacy alert fires on ``state == 2``).
+        """
+        breakers = self.breakers
+        if breakers is None:
+            return
+        for name in list(self._initialised):
+            state = (await breakers.snapshot(name)).state  # a memory breaker reports its own moves
+            previous = self._seen.get(name, State.CLOSED)
+            if state is not previous:
+                self._on_transition(name, previous, state)
+        if self._transitions:
+            await self._emit_transitions()
 
     # ------------------------------------------------------------ events
 
@@ -160,6 +202,7 @@ class Resilience:
         # Called inside the breaker's critical section: queue, emit after the breaker call.
         if current is State.OPEN:
             self._opens[name] = self._opens.get(name, 0) + 1
+        self._seen[name] = current
         channel, _, sender = name.partition(":")
         self._transitions.append(
             CircuitStateChanged(channel, sender, previous.value, current.value, occurred_at=self._clock.now())

@@ -344,3 +344,67 @@ async def test_with_the_plugin_disabled_nothing_wraps_the_send():
         with pytest.raises(TransientDeliveryError):
             await service.send(hello())
     assert channel.attempts == 1
+
+
+# ---------------------------------------------------------------- watching the breakers
+
+
+async def test_an_idle_senders_breaker_is_reported_half_open_once_its_open_time_is_over():
+    channel, clock, events = RecordingChannel(), FakeClock(), EventRecorder()
+    channel.fail_next(5, transient())
+    async with service_with(channel, {**LEGACY, "retry": {"enabled": False}}, events, clock=clock) as service:
+        for _ in range(5):
+            await service._send_capturing(hello())
+        layer = runtime(service)
+        await layer.report_breakers()
+        clock.advance(60)
+        await layer.report_breakers()  # nobody sends: reading the breaker is what moves it
+        await layer.report_breakers()
+    moves = [(e.previous, e.current) for e in events.of_type(CircuitStateChanged)]
+    assert moves == [("closed", "open"), ("open", "half_open")]
+
+
+class Signal:
+    """A listener that wakes the test when a breaker move arrives."""
+
+    def __init__(self) -> None:
+        self.moved = asyncio.Event()
+        self.moves: list[tuple[str, str]] = []
+
+    @hookimpl
+    def on_event(self, event: object) -> None:
+        if isinstance(event, CircuitStateChanged):
+            self.moves.append((event.previous, event.current))
+            self.moved.set()
+
+
+async def test_the_plugin_watches_the_breakers_in_the_background():
+    channel, clock, signal = RecordingChannel(), FakeClock(), Signal()
+    channel.fail_next(5, transient())
+    settings = {**LEGACY, "retry": {"enabled": False}, "poll_interval_s": 0.001}
+    async with service_with(channel, settings, signal, clock=clock) as service:
+        for _ in range(5):
+            await service._send_capturing(hello())
+        signal.moved.clear()
+        clock.advance(60)
+        await asyncio.wait_for(signal.moved.wait(), timeout=5)
+    assert signal.moves == [("closed", "open"), ("open", "half_open")]
+
+
+async def test_a_move_made_by_another_worker_is_reported(redis_url, redis_prefix):
+    shared = {
+        **LEGACY,
+        "retry": {"enabled": False},
+        "shared_state": "redis",
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+    }
+    failing, watching = RecordingChannel(), RecordingChannel()
+    failing.fail_next(5, transient())
+    events = EventRecorder()
+    async with service_with(failing, shared) as first, service_with(watching, shared, events) as second:
+        await second.send(hello())  # the second worker knows the sender's breaker, closed
+        for _ in range(5):
+            await first._send_capturing(hello())  # the first one opens it
+        await runtime(second).report_breakers()
+    assert [(e.previous, e.current) for e in events.of_type(CircuitStateChanged)] == [("closed", "open")]
