@@ -3,7 +3,7 @@
 Outbound events come from the send pipeline (``MessageSent``,
 ``DeliveryFailed``, ``TemplateUsed``); inbound ones from channel webhooks
 (``StatusChanged``, ``InboundMessage``); middleware reports what it did
-(``RetryScheduled``, ``CircuitStateChanged``) so that metrics and logs can see
+(``RetryScheduled``, ``CircuitStateChanged``, ``SendLimited``) so that metrics and logs can see
 it without importing the middleware; the service reports its own life
 (``ServiceStarted``, ``ServiceStopping``, ``ListenerFailed``).
 
@@ -29,6 +29,7 @@ __all__ = [
     "ListenerFailed",
     "MessageSent",
     "RetryScheduled",
+    "SendLimited",
     "ServiceStarted",
     "ServiceStopping",
     "StatusChanged",
@@ -129,6 +130,24 @@ class CircuitStateChanged(Event):
     sender: str
     previous: str
     current: str
+
+
+@attrs.frozen
+class SendLimited(Event):
+    """A middleware held an attempt of ``message_id`` back: it waited ``wait_s`` for a local limit,
+    or refused it (``deferred``) so that it is sent later.
+
+    ``limit`` names the limit (``rate``: a rate limit; ``in_flight``: a cap on attempts in flight);
+    ``scope`` says whose limit refused (``sender``, ``recipient``), ``None`` for a wait.
+    """
+
+    message_id: str
+    channel: str
+    sender: str
+    limit: str
+    wait_s: float
+    deferred: bool
+    scope: str | None = None
 
 
 @attrs.frozen

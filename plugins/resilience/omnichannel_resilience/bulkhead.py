@@ -92,12 +92,13 @@ class Bulkhead:
     """Caps attempts in flight per sender and in all; see the module docstring.
 
     :param sender_max_in_flight: slots per sender (the spec's default 50: 68 msg/s x ~0.5 s + headroom).
-    :param global_max_in_flight: slots in all (500); size the HTTP connector limit at least as big.
+    :param global_max_in_flight: slots in all (100, like ``[http] max_connections``); size the HTTP
+        connector limit at least as big.
     :param max_wait_s: the longest wait for a slot (the spec's ``pool`` timeout, 2 s); 0: never wait.
     """
 
     def __init__(
-        self, sender_max_in_flight: int = 50, global_max_in_flight: int = 500, max_wait_s: float = 2.0
+        self, sender_max_in_flight: int = 50, global_max_in_flight: int = 100, max_wait_s: float = 2.0
     ) -> None:
         for name, value in (
             ("sender_max_in_flight", sender_max_in_flight),

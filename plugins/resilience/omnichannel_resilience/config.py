@@ -72,6 +72,11 @@ def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise InvalidField(attribute.name, f"must be >= 0, got {value!r}")
 
 
+def _utilization(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 < value <= 1:
+        raise InvalidField(attribute.name, f"must be > 0 and <= 1, got {value!r}")
+
+
 def _share(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0 <= value <= 1:
         raise InvalidField(attribute.name, f"must be between 0 and 1, got {value!r}")
@@ -149,11 +154,12 @@ class RateLimitSettings:
 
     enabled: bool | None = None
     """Default: on (recommended), off (legacy)."""
-    sender_max_mps: float = WHATSAPP_SENDER_MAX_MPS
-    sender_utilization: float = WHATSAPP_SENDER_UTILIZATION
-    sender_burst: int = WHATSAPP_SENDER_BURST
-    pair_interval_s: float = WHATSAPP_PAIR_INTERVAL_S
-    pair_burst: int = WHATSAPP_PAIR_BURST
+    sender_max_mps: float = attrs.field(default=WHATSAPP_SENDER_MAX_MPS, validator=_positive)
+    sender_utilization: float = attrs.field(default=WHATSAPP_SENDER_UTILIZATION, validator=_utilization)
+    """The share of ``sender_max_mps`` we use: the rest is headroom for inbound messages."""
+    sender_burst: int = attrs.field(default=WHATSAPP_SENDER_BURST, validator=_at_least_one)
+    pair_interval_s: float = attrs.field(default=WHATSAPP_PAIR_INTERVAL_S, validator=_positive)
+    pair_burst: int = attrs.field(default=WHATSAPP_PAIR_BURST, validator=_at_least_one)
     max_wait_sender_s: float = attrs.field(default=2.0, validator=_non_negative)
     max_wait_pair_s: float = attrs.field(default=0.0, validator=_non_negative)
     adaptive: bool = True

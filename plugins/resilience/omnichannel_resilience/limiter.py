@@ -381,8 +381,8 @@ class Limiter:
         self._adapted: dict[str, _Adaptation] = {}
         self._lock = threading.Lock()
 
-    async def acquire(self, sender: str, recipient: str) -> None:
-        """Wait for a slot for one message from ``sender`` to ``recipient``, or refuse.
+    async def acquire(self, sender: str, recipient: str) -> float:
+        """Wait for a slot for one message from ``sender`` to ``recipient``, or refuse; returns the wait.
 
         :raises RateLimitedError: the wait exceeds ``max_wait_s`` (scope ``sender``) or
             ``max_wait_pair_s`` (scope ``recipient``); ``retry_after`` is the wait until both keys
@@ -395,7 +395,7 @@ class Limiter:
                 self._adapted_rate(sender, now)
             reservation = self._reserve(sender, recipient, pair, now)
         if reservation is None:
-            return
+            return 0.0
         wait, before, after = reservation
         try:
             await self._clock.sleep(wait)
@@ -409,6 +409,7 @@ class Limiter:
                     if reserved is None or not gcra.restore(key, reserved, previous):
                         gcra.refund(key)
             raise
+        return wait
 
     def _reserve(self, sender: str, recipient: str, pair: str, now: float) -> _Reservation | None:
         """Consume a slot of both keys (``None``: at once), or refuse; with ``self._lock`` held.

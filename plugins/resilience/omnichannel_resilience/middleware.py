@@ -38,6 +38,7 @@ from omnichannel import (
     Receipt,
     RetryScheduled,
     Sender,
+    SendLimited,
     TransientDeliveryError,
 )
 
@@ -122,7 +123,8 @@ class Resilience:
 
     def _max_local_wait(self) -> float:
         rate, bulkhead = self.settings.rate_limit, self.settings.bulkhead
-        return (rate.max_wait_sender_s if rate else 0.0) + (bulkhead.max_wait_s if bulkhead else 0.0)
+        rate_wait = max(rate.max_wait_sender_s, rate.max_wait_pair_s) if rate else 0.0
+        return rate_wait + (bulkhead.max_wait_s if bulkhead else 0.0)
 
     def _make_limiter(self) -> LimiterStore | None:
         rate = self.settings.rate_limit
@@ -308,14 +310,19 @@ class Resilience:
         limiter, bulkhead = self.limiter, self.bulkhead
         sender, recipient = delivery.sender, delivery.message.recipient
         delivery.refused = False
+        limit = "rate"
         try:
             if limiter is not None:
-                await limiter.acquire(sender, recipient)
+                waited = await limiter.acquire(sender, recipient)
+                if waited:
+                    await self._limited_event(delivery, limit, waited)
+            limit = "in_flight"
             slot = bulkhead.slot(sender) if bulkhead is not None else None
             if slot is not None:
                 await slot.__aenter__()
-        except RateLimitedError:
+        except RateLimitedError as exc:
             delivery.refused = delivery.final = True  # not sent: the queue defers it
+            await self._limited_event(delivery, limit, 0.0, exc)
             raise
         try:
             receipt = await self._timed(delivery)
@@ -338,16 +345,39 @@ class Resilience:
             try:
                 if (await breakers.snapshot(name)).state is State.CLOSED:
                     await breakers.admin(name, "metrics_only")
-            except OmniChannelError as exc:  # shared state unreachable: try again next send
-                log.warning("circuit breaker %s: cannot set metrics_only yet: %s", name, exc)
-                return
+            except OmniChannelError as exc:  # shared state unreachable: the breaker stays as it is
+                log.warning("circuit breaker %s: cannot set metrics_only: %s", name, exc)
         self._initialised.add(name)
+
+    async def _limited_event(
+        self, delivery: _Delivery, limit: str, waited: float, refusal: RateLimitedError | None = None
+    ) -> None:
+        await self._service.emit(
+            SendLimited(
+                delivery.message.id,
+                delivery.channel,
+                delivery.sender,
+                limit,
+                waited,
+                refusal is not None,
+                refusal.scope.value if refusal is not None and refusal.scope is not None else None,
+                occurred_at=self._clock.now(),
+            )
+        )
 
     async def _timed(self, delivery: _Delivery) -> Receipt:
         timeout = self.settings.attempt_timeout_s
         if delivery.deadline is not None:
             # The attempt never outlives the message's deadline (§1.8).
-            left = max(delivery.deadline - self._clock.monotonic(), 0.0)
+            left = delivery.deadline - self._clock.monotonic()
+            if left <= 0:  # the local limits' waits used the rest up: nothing was sent
+                delivery.refused = True
+                raise TransientDeliveryError(
+                    "the message's in-process deadline (retry.deadline_s) passed before the attempt",
+                    channel=delivery.channel,
+                    message_id=delivery.message.id,
+                    certainty=Certainty.NOT_SENT,
+                )
             timeout = left if timeout is None else min(timeout, left)
         if timeout is None:
             return await delivery.inner()

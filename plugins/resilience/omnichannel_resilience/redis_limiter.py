@@ -144,8 +144,8 @@ class RedisLimiterStore:
 
     # -- the LimiterStore protocol -----------------------------------------------------------------
 
-    async def acquire(self, sender: str, recipient: str) -> None:
-        """Wait for a slot for one message from ``sender`` to ``recipient``, or refuse.
+    async def acquire(self, sender: str, recipient: str) -> float:
+        """Wait for a slot for one message from ``sender`` to ``recipient``, or refuse; returns the wait.
 
         :raises RateLimitedError: the sender wait exceeds ``max_wait_s`` (scope ``sender``) or the pair
             wait exceeds ``max_wait_pair_s`` (scope ``recipient``); ``retry_after`` is the wait until
@@ -157,8 +157,7 @@ class RedisLimiterStore:
             [self._s_interval, self._s_tolerance, self._p_interval, self._p_tolerance, *self._max_waits],
         )
         if raw is None:
-            await self.local.acquire(sender, recipient)
-            return
+            return await self.local.acquire(sender, recipient)
         verdict, wait = text(raw[0]), float(text(raw[1])) / 1000
         if int(text(raw[2])):
             self._saw_hits(sender, recipient)
@@ -167,7 +166,7 @@ class RedisLimiterStore:
         if verdict == "recipient":
             raise self._refusal(ErrorScope.RECIPIENT, sender, recipient, wait, self.max_wait_pair_s)
         if wait <= 0:
-            return
+            return 0.0
         try:
             await self._clock.sleep(wait)
         except BaseException:
@@ -178,6 +177,7 @@ class RedisLimiterStore:
                 [self._s_interval, self._p_interval, *(text(value) for value in raw[3:7])],
             )
             raise
+        return wait
 
     async def on_throttled(
         self, sender: str, recipient: str, scope: ErrorScope | None, retry_after: float | None

@@ -62,8 +62,8 @@ class BreakerStore(Protocol):
 class LimiterStore(Protocol):
     """The sender and pair rate limits of one service."""
 
-    async def acquire(self, sender: str, recipient: str) -> None:
-        """Wait for a slot (at most the configured bound) or raise ``RateLimitedError``."""
+    async def acquire(self, sender: str, recipient: str) -> float:
+        """Wait for a slot (at most the configured bound) or raise ``RateLimitedError``; the wait (s)."""
 
     async def on_throttled(
         self, sender: str, recipient: str, scope: ErrorScope | None, retry_after: float | None
@@ -125,8 +125,8 @@ class MemoryLimiterStore:
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
-    async def acquire(self, sender: str, recipient: str) -> None:
-        await self.limiter.acquire(sender, recipient)
+    async def acquire(self, sender: str, recipient: str) -> float:
+        return await self.limiter.acquire(sender, recipient)
 
     async def on_throttled(
         self, sender: str, recipient: str, scope: ErrorScope | None, retry_after: float | None

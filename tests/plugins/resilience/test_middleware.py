@@ -23,6 +23,7 @@ from omnichannel import (
     Receipt,
     RetryScheduled,
     Sender,
+    SendLimited,
     ServiceConfig,
     Text,
     TransientDeliveryError,
@@ -268,6 +269,42 @@ async def test_a_busy_recipient_is_deferred_without_holding_up_the_others():
     assert caught.value.receipt.attempts == 0
     assert channel.attempts == 3
     assert snapshot.failures == 0  # a local refusal says nothing about the endpoint
+
+
+async def test_waits_and_deferrals_are_reported_as_events():
+    channel, clock, events = RecordingChannel(), FakeClock(), EventRecorder()
+    settings = {
+        "rate_limit": {"sender_max_mps": 10, "sender_utilization": 1.0, "sender_burst": 1, "pair_burst": 1}
+    }
+    async with service_with(channel, settings, events, clock=clock) as service:
+        await service.send(hello())
+        await service.send(hello("+15557654321"))  # waits 0.1 s for the sender
+        with pytest.raises(RateLimitedError):
+            await service.send(hello())  # the pair has no slot for 6 s: deferred
+    limited = [(e.limit, e.sender, e.deferred, e.scope) for e in events.of_type(SendLimited)]
+    assert limited == [("rate", "recording", False, None), ("rate", "recording", True, "recipient")]
+    assert events.of_type(SendLimited)[0].wait_s == pytest.approx(0.1)
+
+
+async def test_a_full_bulkhead_defers_the_attempt_and_says_so():
+    channel, events = RecordingChannel(), EventRecorder()
+    settings = {"bulkhead": {"sender_max_in_flight": 1, "max_wait_s": 0}}
+    async with service_with(channel, settings, events) as service:
+        channel.hold()
+        channel.entered.clear()
+        first = asyncio.create_task(service.send(hello()))
+        await channel.entered.wait()
+        with pytest.raises(RateLimitedError) as caught:
+            await service.send(hello("+15557654321"))
+        channel.release()
+        await first
+        snapshot = await runtime(service).breakers.snapshot("recording:recording")
+    assert "sender_max_in_flight" in caught.value.detail
+    assert caught.value.receipt.attempts == 0
+    assert [(e.limit, e.deferred, e.scope) for e in events.of_type(SendLimited)] == [
+        ("in_flight", True, "sender")
+    ]
+    assert snapshot.failures == 0
 
 
 async def test_a_provider_throttle_slows_the_sender_down():

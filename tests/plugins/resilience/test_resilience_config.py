@@ -101,7 +101,16 @@ def test_the_legacy_variables_are_read_and_milliseconds_converted():
             {"rate_limit": {"max_wait_sender_s": -1}},
             "plugins.resilience.rate_limit.max_wait_sender_s: must be >= 0",
         ),
-        ({"rate_limit": {"sender_burst": 0}}, "plugins.resilience.rate_limit.burst: must be an integer >= 1"),
+        ({"rate_limit": {"sender_burst": 0}}, "plugins.resilience.rate_limit.sender_burst: must be >= 1"),
+        ({"rate_limit": {"sender_max_mps": 0}}, "plugins.resilience.rate_limit.sender_max_mps: must be > 0"),
+        (
+            {"rate_limit": {"sender_utilization": 1.5}},
+            "plugins.resilience.rate_limit.sender_utilization: must be",
+        ),
+        (
+            {"rate_limit": {"pair_interval_s": 0}},
+            "plugins.resilience.rate_limit.pair_interval_s: must be > 0",
+        ),
         (
             {"circuit_breaker": {"half_open_max_s": 0}},
             "plugins.resilience.circuit_breaker.half_open_max_s: must be > 0",
