@@ -44,25 +44,42 @@ The script exits 0 whatever the outcome; ``--strict`` makes a missed target exit
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import cProfile
 import gc
-import io
-import json
-import math
-import pstats
-import statistics
 import sys
 import time
 import timeit
 from collections import Counter
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 import attrs
-from _machine import machine
+from _harness import (
+    CHANNEL,
+    NOISY,
+    REFERENCE,
+    REFERENCE_SPIN,
+    Figures,
+    Scenario,
+    SendFn,
+    Series,
+    arguments,
+    best_of,
+    fmt,
+    message_pool,
+    noise,
+    print_head,
+    print_steps,
+    print_tail,
+    profile_sends,
+    report,
+    round_robin,
+    spin,
+    text_content,
+    untimed,
+    verdict_line,
+)
 
 from omnichannel import (
     DeliveryStatus,
@@ -88,11 +105,8 @@ BUS_TARGET_US = 50.0
 LEGACY_BUS_TARGET_US = 50_000.0
 """The legacy system's goal for command dispatch: under 50 ms."""
 
-CHANNEL = "recording"
 MIDDLEWARE = "bench-middleware"
 LISTENER = "bench-listener"
-POOL_SIZE = 4096
-"""Distinct messages (and recipients) cycled through; enough for a fair 50 % rollout draw."""
 FULL_TEXT = "send(Text) + middleware + listener"
 BARE_TEXT = "send(Text), channel only"
 BUS = "bus.dispatch(SendMessage(Text))"
@@ -101,9 +115,6 @@ BARE_BUS = "bus.dispatch(SendMessage(Text)), channel only"
 BARE_BUS_DIRECT = "send(Text), channel only, interleaved with the bus"
 BULK = "send_many 10k @100, recording channel"
 BULK_YIELDING = "send_many 10k @100, yielding middleware"
-REFERENCE = "reference: pure-Python loop"
-REFERENCE_SPIN = 400
-"""Iterations of the reference loop: about as long as one message through the core."""
 
 
 # ---------------------------------------------------------------- plugins under test
@@ -169,6 +180,10 @@ class Rig:
     channel: RecordingChannel
     middleware: PassThroughMiddleware | None = None
     listener: CountingListener | None = None
+    deliveries: int = 0
+    """The channel's attempts after the warm-up."""
+    middleware_calls: int = 0
+    """The middleware's calls after the warm-up."""
 
 
 def build_rig(*, pipeline: bool, rollout: float | None = None, yielding: bool = False) -> Rig:
@@ -189,10 +204,6 @@ def build_rig(*, pipeline: bool, rollout: float | None = None, yielding: bool = 
     return Rig(service, channel, middleware, listener)
 
 
-def text_content() -> Text:
-    return Text("Your verification code is 493027. It expires in 10 minutes.")
-
-
 def template_content() -> Template:
     return Template(
         "order_shipped",
@@ -201,55 +212,9 @@ def template_content() -> Template:
     )
 
 
-def message_pool(content: Text | Template, size: int = POOL_SIZE) -> list[Message]:
-    """``size`` messages to distinct recipients (built before any timing starts)."""
-    return [Message(f"+1555{i:07d}", content, channel=CHANNEL) for i in range(size)]
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-@attrs.define
-class Slice:
-    """The statistics of one slice of a scenario (times in nanoseconds)."""
-
-    median: float
-    p99: float
-    mean: float
-    cpu: float
-    """CPU per message of the untimed pass."""
-    wall: float
-    """Wall time per message of the untimed pass."""
-
-    @classmethod
-    def of(cls, samples_ns: list[int], cpu_ns: int, wall_ns: int, batch: int) -> Slice:
-        ordered = sorted(samples_ns)
-        return cls(
-            median=statistics.median(ordered),
-            p99=percentile(ordered, 99),
-            mean=statistics.fmean(ordered),
-            cpu=cpu_ns / batch,
-            wall=wall_ns / batch,
-        )
-
-
 @attrs.define
 class Result:
-    """One row of the table (times in microseconds).
-
-    ``median_us``, ``p99_us`` and ``mean_us`` come from the quietest slice (the one
-    with the lowest median), ``cpu_us`` and ``msgs_per_s`` from the quietest untimed
-    pass; ``pooled_*`` from all samples of all slices, host noise included;
-    ``slice_medians_us`` shows that noise.
-    """
+    """One row of the table (times in microseconds): see :class:`_harness.Figures`."""
 
     name: str
     n: int
@@ -266,32 +231,14 @@ class Result:
     @property
     def noise(self) -> float:
         """Slowest slice median over quietest slice median (1.0 = a quiet machine)."""
-        if not self.slice_medians_us:
-            return 1.0
-        return max(self.slice_medians_us) / min(self.slice_medians_us)
+        return noise(self.slice_medians_us)
 
 
-def combine(name: str, slices: list[Slice], samples_ns: list[int], note: str = "") -> Result:
-    best = min(slices, key=lambda s: s.median)
-    ordered = sorted(samples_ns)
-    return Result(
-        name=name,
-        n=len(ordered),
-        median_us=best.median / 1000,
-        p99_us=best.p99 / 1000,
-        mean_us=best.mean / 1000,
-        cpu_us=min(s.cpu for s in slices) / 1000,
-        msgs_per_s=1e9 / min(s.wall for s in slices),
-        pooled_median_us=statistics.median(ordered) / 1000,
-        pooled_p99_us=percentile(ordered, 99) / 1000,
-        slice_medians_us=[round(s.median / 1000, 2) for s in slices],
-        note=note,
-    )
+def row(name: str, figures: Figures, note: str = "") -> Result:
+    return Result(name=name, **attrs.asdict(figures), note=note)
 
 
 # ---------------------------------------------------------------- measuring
-
-SendFn = Callable[[Message], Awaitable[Any]]
 
 
 def via_bus(service: OmniChannelService) -> SendFn:
@@ -304,95 +251,42 @@ def via_bus(service: OmniChannelService) -> SendFn:
     return dispatch
 
 
-async def timed_calls(sends: Sequence[SendFn], pool: list[Message], first: int, n: int) -> list[list[int]]:
-    """Time each call of each function of ``sends``, interleaved message by message."""
-    samples: list[list[int]] = [[] for _ in sends]
-    clock = time.perf_counter_ns
-    size = len(pool)
-    for i in range(first, first + n):
-        message = pool[i % size]
-        for send, out in zip(sends, samples, strict=True):
-            start = clock()
-            await send(message)
-            out.append(clock() - start)
-    return samples
+def rig_scenario(names: list[str], rig: Rig, content: Text | Template, per_slice: int) -> Scenario:
+    """``service.send`` on ``rig`` (and ``via_bus`` interleaved with it, given two names); every send
+    must reach the channel once."""
+
+    async def start(stack: contextlib.AsyncExitStack) -> list[SendFn]:
+        service = await stack.enter_async_context(rig.service)
+        return [service.send] if len(names) == 1 else [service.send, via_bus(service)]
+
+    async def after_warm() -> None:
+        rig.deliveries = rig.channel.attempts
+        rig.middleware_calls = rig.middleware.calls if rig.middleware else 0
+
+    def check(expected: int) -> str | None:
+        sent = rig.channel.attempts - rig.deliveries
+        return None if sent == expected else f"expected {expected} deliveries, the channel saw {sent}"
+
+    clear = rig.channel.payloads.clear
+    return Scenario(names, start, per_slice, message_pool(content), clear, after_warm, check)
 
 
-async def untimed(send: SendFn, pool: list[Message], first: int, n: int) -> tuple[int, int]:
-    """Send ``n`` messages with no per-call timing; return the (CPU, wall) nanoseconds spent."""
-    size = len(pool)
-    cpu_start, wall_start = time.process_time_ns(), time.perf_counter_ns()
-    for i in range(first, first + n):
-        await send(pool[i % size])
-    return time.process_time_ns() - cpu_start, time.perf_counter_ns() - wall_start
-
-
-@attrs.define
-class Scenario:
-    """Per-message scenario: one or more ways of sending (timed interleaved), on one rig."""
-
-    names: list[str]
-    rig: Rig
-    content: Text | Template
-    sends: list[SendFn] = attrs.field(factory=list)
-    pool: list[Message] = attrs.field(factory=list)
-    slices: list[list[Slice]] = attrs.field(factory=list)
-    samples: list[list[int]] = attrs.field(factory=list)
-    cursor: int = 0
-    deliveries: int = 0
-    middleware_calls: int = 0
-
-    async def start(self, warm: int, stack: contextlib.AsyncExitStack) -> None:
-        service = await stack.enter_async_context(self.rig.service)
-        self.pool = message_pool(self.content)
-        self.sends = [service.send] if len(self.names) == 1 else [service.send, via_bus(service)]
-        self.slices = [[] for _ in self.sends]
-        self.samples = [[] for _ in self.sends]
-        for send in self.sends:
-            await untimed(send, self.pool, 0, warm)
-        self.rig.channel.payloads.clear()
-        self.deliveries = self.rig.channel.attempts
-        self.middleware_calls = self.rig.middleware.calls if self.rig.middleware else 0
-
-    async def run_slice(self, n: int) -> None:
-        """One slice: every send function timed per call, then each one untimed for CPU."""
-        gc.collect()
-        timed = await timed_calls(self.sends, self.pool, self.cursor, n)
-        self.rig.channel.payloads.clear()
-        for k, send in enumerate(self.sends):
-            gc.collect()
-            cpu, wall = await untimed(send, self.pool, self.cursor, n)
-            self.rig.channel.payloads.clear()
-            self.slices[k].append(Slice.of(timed[k], cpu, wall, n))
-            self.samples[k] += timed[k]
-        self.cursor += n
-
-    def results(self) -> list[Result]:
-        expected = 2 * len(self.sends) * len(self.samples[0])
-        sent = self.rig.channel.attempts - self.deliveries
-        if sent != expected:
-            raise RuntimeError(f"{self.names[0]}: expected {expected} deliveries, the channel saw {sent}")
-        results = [
-            combine(name, slices, samples)
-            for name, slices, samples in zip(self.names, self.slices, self.samples, strict=True)
-        ]
-        if self.rig.middleware is not None and self.rig.service.config.plugins:
-            share = (self.rig.middleware.calls - self.middleware_calls) / sent
-            results[0].note = f"the middleware ran for {share:.0%} of messages"
-        if len(results) == 2:
-            direct, bus = results
-            assert direct.median_us is not None
-            assert bus.median_us is not None
-            bus.note = f"bus overhead {bus.median_us - direct.median_us:+.2f} us (median, vs direct send)"
-        return results
-
-
-def spin(iterations: int = REFERENCE_SPIN) -> int:
-    """Pure-Python busy work with no allocation: the machine's own speed and jitter."""
-    total = 0
-    for i in range(iterations):
-        total += i * i
-    return total
+def rig_results(scenario: Scenario, rig: Rig) -> list[Result]:
+    figures = scenario.figures()
+    if scenario.error is not None:
+        raise scenario.error
+    if figures is None:
+        raise RuntimeError(f"{scenario.names[0]}: {scenario.failure}")
+    results = [row(name, f) for name, f in zip(scenario.names, figures, strict=True)]
+    if rig.middleware is not None and rig.service.config.plugins:
+        share = (rig.middleware.calls - rig.middleware_calls) / (rig.channel.attempts - rig.deliveries)
+        results[0].note = f"the middleware ran for {share:.0%} of messages"
+    if len(results) == 2:
+        direct, bus = results
+        assert direct.median_us is not None
+        assert bus.median_us is not None
+        bus.note = f"bus overhead {bus.median_us - direct.median_us:+.2f} us (median, vs direct send)"
+    return results
 
 
 @attrs.define
@@ -404,15 +298,15 @@ class Reference:
     (interrupts, neighbours) that any code of that duration also sees.
     """
 
-    name: str = REFERENCE
-    slices: list[Slice] = attrs.field(factory=list)
-    samples: list[int] = attrs.field(factory=list)
+    per_slice: int
+    series: Series = attrs.field(factory=Series)
 
     async def start(self, warm: int, stack: contextlib.AsyncExitStack) -> None:
         for _ in range(warm):
             spin()
 
-    async def run_slice(self, n: int) -> None:
+    async def run_slice(self) -> None:
+        n = self.per_slice
         gc.collect()
         clock = time.perf_counter_ns
         timed: list[int] = []
@@ -424,13 +318,11 @@ class Reference:
         for _ in range(n):
             spin()
         cpu, wall = time.process_time_ns() - cpu_start, time.perf_counter_ns() - wall_start
-        self.slices.append(Slice.of(timed, cpu, wall, n))
-        self.samples += timed
+        self.series.add(timed, cpu, wall, n)
 
     def results(self) -> list[Result]:
-        result = combine(self.name, self.slices, self.samples)
-        result.note = f"{REFERENCE_SPIN} iterations of `total += i * i`; no omnichannel code"
-        return [result]
+        note = f"{REFERENCE_SPIN} iterations of `total += i * i`; no omnichannel code"
+        return [row(REFERENCE, self.series.figures(), note)]
 
 
 async def bench_send_many(name: str, rig: Rig, n: int, concurrency: int, repeats: int, warm: int) -> Result:
@@ -473,28 +365,23 @@ class Plan:
 
 
 async def run_all(plan: Plan) -> list[Result]:
-    scenarios: list[Scenario | Reference] = [
-        Reference(),
-        Scenario([BARE_TEXT], build_rig(pipeline=False), text_content()),
-        Scenario(["send(Template), channel only"], build_rig(pipeline=False), template_content()),
-        Scenario([FULL_TEXT], build_rig(pipeline=True), text_content()),
-        Scenario(["send(Template) + middleware + listener"], build_rig(pipeline=True), template_content()),
-        Scenario(
-            ["send(Text) + middleware@50% + listener"], build_rig(pipeline=True, rollout=50), text_content()
-        ),
-        Scenario([BUS_DIRECT, BUS], build_rig(pipeline=True), text_content()),
-        Scenario([BARE_BUS_DIRECT, BARE_BUS], build_rig(pipeline=False), text_content()),
+    n = plan.sends // plan.slices
+    reference = Reference(n)
+    rigs: list[tuple[list[str], Rig, Text | Template]] = [
+        ([BARE_TEXT], build_rig(pipeline=False), text_content()),
+        (["send(Template), channel only"], build_rig(pipeline=False), template_content()),
+        ([FULL_TEXT], build_rig(pipeline=True), text_content()),
+        (["send(Template) + middleware + listener"], build_rig(pipeline=True), template_content()),
+        (["send(Text) + middleware@50% + listener"], build_rig(pipeline=True, rollout=50), text_content()),
+        ([BUS_DIRECT, BUS], build_rig(pipeline=True), text_content()),
+        ([BARE_BUS_DIRECT, BARE_BUS], build_rig(pipeline=False), text_content()),
     ]
+    scenarios = [rig_scenario(names, rig, content, n) for names, rig, content in rigs]
     async with contextlib.AsyncExitStack() as stack:
-        for scenario in scenarios:
-            await scenario.start(plan.warm, stack)
-        per_slice = plan.sends // plan.slices
-        # Round-robin: a noisy moment on a shared machine hits every scenario a little,
-        # instead of one scenario entirely.
-        for _ in range(plan.slices):
-            for scenario in scenarios:
-                await scenario.run_slice(per_slice)
-    results = [result for scenario in scenarios for result in scenario.results()]
+        await round_robin([reference, *scenarios], plan.slices, plan.warm, stack)
+    results = reference.results()
+    for scenario, (_, rig, _) in zip(scenarios, rigs, strict=True):
+        results += rig_results(scenario, rig)
     for name, yielding, how in (
         (BULK, False, "nothing suspends, so one of the 100 workers sends them all"),
         (BULK_YIELDING, True, "each send yields once, so the 100 workers interleave"),
@@ -521,6 +408,12 @@ class Check:
     @property
     def passed(self) -> bool:
         return self.measured_us < self.limit_us
+
+    def line(self) -> str:
+        pooled = "" if self.pooled_us is None else f"all slices: {self.pooled_us:,.1f} us"
+        return verdict_line(
+            self.passed, self.target, f"{self.measured_us:,.1f} us", f"{self.limit_us:,.0f} us", pooled
+        )
 
 
 def checks(results: list[Result]) -> list[Check]:
@@ -550,29 +443,13 @@ def checks(results: list[Result]) -> list[Check]:
 # ---------------------------------------------------------------- reporting
 
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def print_table(results: list[Result], found: list[Check], info: dict[str, Any], seconds: float) -> None:
-    versions = info["versions"]
-    print(
-        f"omnichannel {versions['omnichannel']} ({info['revision'] or 'no git checkout'}) - "
-        f"Python {info['python']} - {info['cpus']} CPUs ({info['cpu']}) - "
-        f"pluggy {versions['pluggy']}, attrs {versions['attrs']}"
-    )
-    print(
+    legend = (
         "median, p99, mean: the quietest slice; CPU/msg, msgs/s: the quietest untimed pass; "
         "all: every slice pooled"
     )
-    print()
-    header = (
-        f"{'scenario':<50} {'n':>7} {'median':>7} {'p99':>7} {'mean':>7} {'CPU/msg':>7} {'msgs/s':>7}"
-        f" {'all:med':>7} {'all:p99':>7} {'noise':>5}"
-    )
-    print(header)
-    print(f"{'':<58}" + "".join(f"{unit:>8}" for unit in ("us", "us", "us", "us", "", "us", "us")))
-    print("-" * len(header))
+    units = [("median", "us"), ("p99", "us"), ("mean", "us"), ("CPU/msg", "us"), ("msgs/s", "")]
+    print_head(info, legend, 50, [*units, ("all:med", "us"), ("all:p99", "us")])
     for r in results:
         print(
             f"{r.name:<50} {r.n:>7,} {fmt(r.median_us):>7} {fmt(r.p99_us):>7} {fmt(r.mean_us):>7} "
@@ -581,15 +458,7 @@ def print_table(results: list[Result], found: list[Check], info: dict[str, Any],
         )
         if r.note:
             print(f"{'':<52}{r.note}")
-    print()
-    for c in found:
-        verdict = "PASS" if c.passed else "FAIL"
-        pooled = "" if c.pooled_us is None else f"; all slices: {c.pooled_us:,.1f} us"
-        print(f"{verdict}  {c.target}: {c.measured_us:,.1f} us (target < {c.limit_us:,.0f} us{pooled})")
-    noisy = [r.name for r in results if r.noise > 1.3]
-    if noisy:
-        print(f"\nwarning: the host was noisy (slice medians differ by > 30 %) during: {', '.join(noisy)}")
-    print(f"\n(run took {seconds:.1f} s)")
+    print_tail([c.line() for c in found], [r.name for r in results if r.noise > NOISY], seconds)
 
 
 # ---------------------------------------------------------------- profile and breakdown
@@ -598,20 +467,8 @@ def print_table(results: list[Result], found: list[Check], info: dict[str, Any],
 async def profile(n: int, warm: int, top: int) -> str:
     """cProfile of ``send(Text)`` with middleware and listener; the top functions by own time."""
     rig = build_rig(pipeline=True)
-    pool = message_pool(text_content())
     async with rig.service as service:
-        await untimed(service.send, pool, 0, warm)
-        rig.channel.payloads.clear()
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for first in range(0, n, POOL_SIZE):
-            await untimed(service.send, pool, first, min(POOL_SIZE, n - first))
-            rig.channel.payloads.clear()
-        profiler.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    return out.getvalue()
+        return await profile_sends(service.send, message_pool(), n, warm, top, rig.channel.payloads.clear)
 
 
 async def breakdown(number: int) -> list[tuple[str, float]]:
@@ -672,18 +529,10 @@ async def breakdown(number: int) -> list[tuple[str, float]]:
             best = min(timeit.repeat(stmt, globals=env, number=number, repeat=5))
             rows.append((label, best / number * 1e6))
 
-        async def loop(coro_fn: Callable[[], Awaitable[Any]]) -> float:
-            best = math.inf
-            for _ in range(5):
-                rig.channel.payloads.clear()
-                start = time.perf_counter_ns()
-                for _ in range(number // 10):
-                    await coro_fn()
-                best = min(best, (time.perf_counter_ns() - start) / (number // 10))
-            return best / 1000
-
-        rows.append(("service.emit(MessageSent) (1 listener)", await loop(lambda: service.emit(event))))
-        rows.append(("service.send(Text), the whole thing", await loop(lambda: service.send(message))))
+        clear, per = rig.channel.payloads.clear, number // 10
+        emit, send = (lambda: service.emit(event)), (lambda: service.send(message))
+        rows.append(("service.emit(MessageSent) (1 listener)", await best_of(emit, per, before=clear)))
+        rows.append(("service.send(Text), the whole thing", await best_of(send, per, before=clear)))
         rig.channel.payloads.clear()
     return rows
 
@@ -692,10 +541,7 @@ async def breakdown(number: int) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (under 10 s)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser = arguments(__doc__, "fewer iterations (under 10 s)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the per-message path")
     parser.add_argument(
         "--breakdown", action="store_true", help="print the cost of each step of a send, in isolation"
@@ -706,9 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         print(asyncio.run(profile(10_000 if args.quick else 50_000, 1_000, 30)))
         return 0
     if args.breakdown:
-        rows = asyncio.run(breakdown(10_000 if args.quick else 50_000))
-        for label, us in rows:
-            print(f"{label:<52} {us:8.2f} us")
+        print_steps(asyncio.run(breakdown(10_000 if args.quick else 50_000)), 52)
         return 0
 
     if args.quick:
@@ -719,20 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run_all(plan))
     seconds = time.perf_counter() - started
     found = checks(results)
-    info = machine()
-    if args.json:
-        document = {
-            "machine": info,
-            "mode": "quick" if args.quick else "full",
-            "seconds": round(seconds, 2),
-            "results": [attrs.asdict(r) for r in results],
-            "targets": [{**attrs.asdict(c), "passed": c.passed} for c in found],
-        }
-        json.dump(document, sys.stdout, indent=2)
-        print()
-    else:
-        print_table(results, found, info, seconds)
-    return 1 if args.strict and not all(c.passed for c in found) else 0
+    return report(args, seconds, results, found, lambda info: print_table(results, found, info, seconds))
 
 
 if __name__ == "__main__":

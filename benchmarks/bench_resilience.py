@@ -55,41 +55,49 @@ Redis rows are reported as not measured.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import cProfile
-import gc
-import io
-import json
-import math
 import os
-import pstats
 import random
-import statistics
 import sys
 import time
-import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from _machine import machine
+from _harness import (
+    CHANNEL,
+    NOISY,
+    POOL_SIZE,
+    REFERENCE,
+    Scenario,
+    SendFn,
+    arguments,
+    best_of,
+    fmt,
+    message_pool,
+    noise,
+    print_head,
+    print_steps,
+    print_tail,
+    profile_sends,
+    report,
+    round_robin,
+    spin,
+    untimed,
+    verdict_line,
+)
+from _redis_probe import RedisCount, RedisRun, StoreCounter, redis_steps
 
-from omnichannel import Message, OmniChannelService, PluginSettings, ServiceConfig, SystemClock, Text
+from omnichannel import Message, OmniChannelService, PluginSettings, ServiceConfig, SystemClock
 from omnichannel.testing import RecordingChannel, make_service
 from omnichannel_resilience import ResiliencePlugin, runtime
-from omnichannel_resilience.config import RateLimitSettings, ResilienceConfig
 
 ADDED_TARGET_US = 20.0
 """Target: latency the resilience layer adds to one send in memory (median), in microseconds."""
 REDIS_ROUND_TRIPS_TARGET = 1.0
 """Target: Redis round trips per send with ``shared_state = "redis"`` (time-driven refreshes aside)."""
 
-CHANNEL = "recording"
-POOL_SIZE = 4096
-"""Distinct messages (and recipients) cycled through."""
 DEFAULT_REDIS_URL = os.environ.get("OMNICHANNEL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 LOOSE_RATE_LIMITS: dict[str, Any] = {
@@ -105,8 +113,6 @@ LEGACY = "+ resilience, legacy, memory"
 REDIS_RECOMMENDED = "+ resilience, recommended, Redis"
 REDIS_LEGACY = "+ resilience, legacy, Redis"
 PING = "reference: Redis PING round trip"
-REFERENCE = "reference: pure-Python loop"
-REFERENCE_SPIN = 400
 
 MEMORY_SCENARIOS: list[tuple[str, dict[str, Any] | None]] = [
     (BASELINE, None),
@@ -173,33 +179,7 @@ def redis_settings(profile: str, url: str, prefix: str) -> dict[str, Any]:
     return settings
 
 
-def message_pool(size: int = POOL_SIZE) -> list[Message]:
-    """``size`` messages from one sender to distinct recipients (built before any timing starts)."""
-    content = Text("Your verification code is 493027. It expires in 10 minutes.")
-    return [Message(f"+1555{i:07d}", content, channel=CHANNEL) for i in range(size)]
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-@attrs.define
-class Slice:
-    """The statistics of one slice of a scenario (times in nanoseconds)."""
-
-    median: float
-    p99: float
-    cpu: float
-    """CPU per message of the untimed pass."""
-    wall: float
-    """Wall time per message of the untimed pass."""
+# ---------------------------------------------------------------- results
 
 
 @attrs.define
@@ -225,162 +205,29 @@ class Result:
     @property
     def noise(self) -> float:
         """Slowest slice median over quietest slice median (1.0 = a quiet machine)."""
-        if not self.slice_medians_us:
-            return 1.0
-        return max(self.slice_medians_us) / min(self.slice_medians_us)
+        return noise(self.slice_medians_us)
 
-
-@attrs.define
-class RedisCount:
-    """Redis commands of a dedicated pass of ``sends`` messages."""
-
-    sends: int
-    seconds: float
-    client: dict[str, int] = attrs.field(factory=dict)
-    """Commands the stores' clients sent, as ``"<command> <store>"`` (exact; ours only)."""
-    server: dict[str, int] = attrs.field(factory=dict)
-    """``INFO commandstats`` deltas by command (server-wide)."""
-    poll_interval_s: float = 1.0
-    storage_errors: int = 0
-    server_usec: dict[str, int] = attrs.field(factory=dict)
-    """``INFO commandstats`` deltas of the time the server spent, by command (µs; scripts include
-    the commands they run)."""
-
-    @property
-    def per_send(self) -> float:
-        """Client-side round trips per send, everything included."""
-        return sum(self.client.values()) / self.sends
-
-    @property
-    def breaker_refreshes(self) -> int:
-        return sum(count for key, count in self.client.items() if key.endswith(" breaker"))
-
-    @property
-    def per_send_on_path(self) -> float:
-        """Round trips per send made because of the send (time-driven breaker refreshes left out)."""
-        return (sum(self.client.values()) - self.breaker_refreshes) / self.sends
-
-    @property
-    def refreshes_allowed(self) -> int:
-        """At most one breaker refresh per ``poll_interval_s`` (plus the first)."""
-        return math.floor(self.seconds / self.poll_interval_s) + 1
-
-    def server_per_send(self, *commands: str) -> float:
-        return sum(self.server.get(c, 0) for c in commands) / self.sends
-
-
-# ---------------------------------------------------------------- measuring
-
-SendFn = Callable[[Message], Awaitable[Any]]
-
-
-async def timed_calls(send: SendFn, pool: list[Message], first: int, n: int) -> list[int]:
-    """Each call of ``send`` timed, over ``n`` messages of the pool from ``first``."""
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    size = len(pool)
-    for i in range(first, first + n):
-        message = pool[i % size]
-        start = clock()
-        await send(message)
-        samples.append(clock() - start)
-    return samples
-
-
-async def untimed(send: SendFn, pool: list[Message], first: int, n: int) -> tuple[int, int]:
-    """Send ``n`` messages with no per-call timing; return the (CPU, wall) nanoseconds spent."""
-    size = len(pool)
-    cpu_start, wall_start = time.process_time_ns(), time.perf_counter_ns()
-    for i in range(first, first + n):
-        await send(pool[i % size])
-    return time.process_time_ns() - cpu_start, time.perf_counter_ns() - wall_start
-
-
-def spin(iterations: int = REFERENCE_SPIN) -> int:
-    """Pure-Python busy work with no allocation: the machine's own speed."""
-    total = 0
-    for i in range(iterations):
-        total += i * i
-    return total
-
-
-@attrs.define
-class Scenario:
-    """One way of sending, timed slice by slice; a failure leaves it "not measured" with the reason."""
-
-    name: str
-    start_fn: Callable[[contextlib.AsyncExitStack], Awaitable[SendFn]]
-    per_slice: int
-    after_warm: Callable[[], Awaitable[None]] | None = None
-    """Run after the warm-up (the layer exists then); raising marks the scenario not measured."""
-    check: Callable[[int], str | None] | None = None
-    """Called with every send made after the warm-up; returns what went wrong, if anything."""
-    extra_pass: Callable[[Scenario], Awaitable[None]] | None = None
-    """Run once after the timed slices (the Redis command count)."""
-    send: SendFn | None = None
-    pool: list[Message] = attrs.field(factory=message_pool)
-    slices: list[Slice] = attrs.field(factory=list)
-    samples: list[int] = attrs.field(factory=list)
-    cursor: int = 0
-    extra_sends: int = 0
-    failure: str | None = None
-    redis: RedisCount | None = None
-
-    async def start(self, warm: int, stack: contextlib.AsyncExitStack) -> None:
-        try:
-            self.send = await self.start_fn(stack)
-            await untimed(self.send, self.pool, 0, warm)
-            if self.after_warm is not None:
-                await self.after_warm()
-        except Exception as exc:
-            self.fail(exc)
-
-    def fail(self, exc: BaseException) -> None:
-        self.failure = f"{type(exc).__name__}: {exc}"
-        self.send = None
-
-    async def run_slice(self) -> None:
-        if self.send is None:
-            return
-        n = self.per_slice
-        try:
-            gc.collect()
-            timed = await timed_calls(self.send, self.pool, self.cursor, n)
-            gc.collect()
-            cpu, wall = await untimed(self.send, self.pool, self.cursor, n)
-        except Exception as exc:
-            self.fail(exc)
-            return
-        ordered = sorted(timed)
-        self.slices.append(Slice(statistics.median(ordered), percentile(ordered, 99), cpu / n, wall / n))
-        self.samples += timed
-        self.cursor += n
-
-    async def run_extra(self) -> None:
-        if self.send is None or self.extra_pass is None:
-            return
-        try:
-            await self.extra_pass(self)
-        except Exception as exc:
-            self.fail(exc)
-
-    def result(self) -> Result:
-        if self.failure is None and self.slices and self.check is not None:
-            self.failure = self.check(2 * len(self.samples) + self.extra_sends)
-        if self.failure is not None or not self.slices:
-            return Result(self.name, note=f"not measured: {self.failure}", measured=False)
-        best = min(self.slices, key=lambda s: s.median)
-        return Result(
-            name=self.name,
-            n=len(self.samples),
-            median_us=best.median / 1000,
-            p99_us=best.p99 / 1000,
-            cpu_us=min(s.cpu for s in self.slices) / 1000,
-            msgs_per_s=1e9 / min(s.wall for s in self.slices),
-            pooled_median_us=statistics.median(self.samples) / 1000,
-            slice_medians_us=[round(s.median / 1000, 2) for s in self.slices],
-            redis=self.redis,
+    @classmethod
+    def of(cls, scenario: Scenario) -> Result:
+        """The row of a scenario (one way of sending), or "not measured" with the reason."""
+        figures = scenario.figures()
+        if figures is None:
+            return cls(scenario.names[0], note=f"not measured: {scenario.failure}", measured=False)
+        f = figures[0]
+        return cls(
+            name=scenario.names[0],
+            n=f.n,
+            median_us=f.median_us,
+            p99_us=f.p99_us,
+            cpu_us=f.cpu_us,
+            msgs_per_s=f.msgs_per_s,
+            pooled_median_us=f.pooled_median_us,
+            slice_medians_us=f.slice_medians_us,
+            redis=scenario.extra,
         )
+
+
+# ---------------------------------------------------------------- scenarios
 
 
 def service_scenario(
@@ -391,7 +238,7 @@ def service_scenario(
     warmed: list[int] = []
     rigs: list[Rig] = []
 
-    async def start(stack: contextlib.AsyncExitStack) -> SendFn:
+    async def start(stack: contextlib.AsyncExitStack) -> list[SendFn]:
         rig = build_rig(settings)
         rigs.append(rig)
         service = await stack.enter_async_context(rig.service)
@@ -401,7 +248,7 @@ def service_scenario(
             rig.channel.payloads.clear()  # the recording channel keeps payloads: do not let it grow
             return receipt
 
-        return send
+        return [send]
 
     async def after_warm() -> None:
         warmed.append(rigs[0].channel.attempts)
@@ -412,80 +259,23 @@ def service_scenario(
             return f"{sent} sends but {attempts} attempts reached the channel (refusals or retries?)"
         return None
 
-    return Scenario(name, start, per_slice, after_warm=after_warm, check=check), rigs
+    return Scenario([name], start, per_slice, after_warm=after_warm, check=check), rigs
 
 
-def reference_scenario(per_slice: int) -> Scenario:
-    async def start(stack: contextlib.AsyncExitStack) -> SendFn:
-        async def send(message: Message) -> int:
-            return spin()
+def fixed_scenario(name: str, send: SendFn, per_slice: int) -> Scenario:
+    """A scenario that times ``send`` as it is (a reference)."""
 
-        return send
+    async def start(stack: contextlib.AsyncExitStack) -> list[SendFn]:
+        return [send]
 
-    return Scenario(REFERENCE, start, per_slice)
+    return Scenario([name], start, per_slice)
+
+
+async def spin_send(message: Message) -> int:
+    return spin()
 
 
 # ---------------------------------------------------------------- Redis
-
-
-@attrs.define
-class RedisRun:
-    """The Redis side of a run: where, the prefix of this run, and why it was not measured (if so)."""
-
-    url: str
-    prefix: str
-    problem: str | None = None
-    client: Any = None
-    """An admin client (``INFO``, ``PING``, clean-up); not the stores' clients."""
-
-    async def open(self) -> None:
-        try:
-            import redis.asyncio as aioredis
-
-            import omnichannel_resilience.redis_state  # noqa: F401  (broken or missing: not measured)
-        except Exception as exc:
-            self.problem = f"cannot import the Redis stores ({type(exc).__name__}: {exc})"
-            return
-        self.client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
-        try:
-            await self.client.ping()
-        except Exception as exc:
-            self.problem = f"no Redis at {self.url} ({type(exc).__name__}: {exc})"
-            await self.client.aclose()
-            self.client = None
-
-    async def commandstats(self) -> dict[str, tuple[int, int]]:
-        """``INFO commandstats``: ``{command: (calls, usec)}``, server-wide, since the server started."""
-        info: dict[str, Any] = await self.client.info("commandstats")
-        return {
-            key.removeprefix("cmdstat_"): (int(value["calls"]), int(value.get("usec", 0)))
-            for key, value in info.items()
-            if isinstance(value, dict) and "calls" in value
-        }
-
-    async def close(self) -> int:
-        """Delete this run's keys; returns how many there were."""
-        if self.client is None:
-            return 0
-        deleted = 0
-        try:
-            keys = [key async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000)]
-            for first in range(0, len(keys), 500):
-                deleted += await self.client.delete(*keys[first : first + 500])
-        finally:
-            await self.client.aclose()
-        return deleted
-
-
-def count_commands(client: Any, store: str, counts: Counter[str]) -> None:
-    """Count every command ``client`` sends, as ``"<command> <store>"`` (one command, one round trip)."""
-    execute = client.execute_command
-
-    async def counting(*args: Any, **options: Any) -> Any:
-        counts[f"{str(args[0]).lower()} {store}"] += 1
-        return await execute(*args, **options)
-
-    client.execute_command = counting
 
 
 def redis_scenario(
@@ -497,8 +287,7 @@ def redis_scenario(
     the breaker's time-driven refreshes (one per ``poll_interval_s``) to show as such.
     """
     scenario, rigs = service_scenario(name, redis_settings(profile, redis.url, redis.prefix), per_slice)
-    counts: Counter[str] = Counter()
-    stores: list[object] = []
+    counter = StoreCounter()
     channel_check, channel_after_warm = scenario.check, scenario.after_warm
     assert channel_check is not None
     assert channel_after_warm is not None
@@ -507,51 +296,18 @@ def redis_scenario(
         await channel_after_warm()
         layer = runtime(rigs[0].service)
         for store, kind in ((layer.breakers, "breaker"), (layer.limiter, "limiter")):
-            if store is None:
-                continue
-            client = getattr(store, "_redis", None)
-            if client is None:
-                raise RuntimeError(f"the {kind} store is not a Redis store ({type(store).__name__})")
-            count_commands(client, kind, counts)
-            stores.append(store)
+            if store is not None:
+                counter.instrument(store, kind)
 
-    def store_errors() -> int:
-        return sum(
-            int(getattr(store, attr, 0) or 0)
-            for store in stores
-            for attr in ("storage_errors", "backend_errors")
-        )
-
-    async def count_pass(scenario: Scenario) -> None:
-        """Send messages and count the Redis commands they took, client- and server-side."""
-        assert scenario.send is not None
-        counts.clear()
-        sent = 0
-        before = await redis.commandstats()
-        started = time.perf_counter()
-        while sent < count_sends or time.perf_counter() - started < count_seconds:
-            await untimed(scenario.send, scenario.pool, scenario.cursor + sent, 100)
-            sent += 100
-        seconds = time.perf_counter() - started
-        after = await redis.commandstats()
-        scenario.cursor += sent
-        scenario.extra_sends += sent
-        server = {cmd: calls - before.get(cmd, (0, 0))[0] for cmd, (calls, _) in after.items()}
-        server["info"] = server.get("info", 1) - 1  # our own first INFO
-        usec = {cmd: spent - before.get(cmd, (0, 0))[1] for cmd, (_, spent) in after.items()}
-        poll = min((float(getattr(s, "poll_interval_s", 1.0)) for s in stores), default=1.0)
-        scenario.redis = RedisCount(
-            sent,
-            seconds,
-            dict(counts),
-            {cmd: calls for cmd, calls in server.items() if calls},
-            poll,
-            store_errors(),
-            {cmd: spent for cmd, spent in usec.items() if server.get(cmd)},
-        )
+    async def count_pass(scenario: Scenario) -> RedisCount:
+        send, first = scenario.sends[0], scenario.cursor
+        count = await counter.count_pass(redis, send, scenario.pool, first, count_sends, count_seconds)
+        scenario.cursor += count.sends
+        scenario.extra_sends += count.sends
+        return count
 
     def check(sent: int) -> str | None:
-        errors = store_errors()
+        errors = counter.errors()
         if errors:
             return f"{errors} Redis errors: the stores fell back to local state, so Redis was not measured"
         return channel_check(sent)
@@ -560,16 +316,13 @@ def redis_scenario(
     return scenario
 
 
-def ping_scenario(redis: RedisRun, per_slice: int) -> Scenario:
-    async def start(stack: contextlib.AsyncExitStack) -> SendFn:
-        client = redis.client
+def ping(client: Any) -> SendFn:
+    """A bare ``PING`` on ``client``: one round trip."""
 
-        async def send(message: Message) -> Any:
-            return await client.ping()
+    async def send(message: Message) -> Any:
+        return await client.ping()
 
-        return send
-
-    return Scenario(PING, start, per_slice)
+    return send
 
 
 # ---------------------------------------------------------------- the run
@@ -600,9 +353,9 @@ class Run:
 
 async def run_all(plan: Plan, redis_url: str | None) -> Run:
     per_slice, redis_per_slice = plan.sends // plan.slices, plan.redis_sends // plan.slices
-    scenarios = [reference_scenario(per_slice)]
+    scenarios = [fixed_scenario(REFERENCE, spin_send, per_slice)]
     scenarios += [service_scenario(name, settings, per_slice)[0] for name, settings in MEMORY_SCENARIOS]
-    redis = RedisRun(redis_url or DEFAULT_REDIS_URL, f"omnichannel-bench:{uuid.uuid4().hex}")
+    redis = RedisRun(redis_url or DEFAULT_REDIS_URL)
     if redis_url is None:
         redis.problem = "--no-redis"
     else:
@@ -616,21 +369,16 @@ async def run_all(plan: Plan, redis_url: str | None) -> Run:
             redis_scenario(
                 REDIS_LEGACY, "legacy", redis, redis_per_slice, plan.count_sends, plan.count_seconds
             ),
-            ping_scenario(redis, redis_per_slice),
+            fixed_scenario(PING, ping(redis.client), redis_per_slice),
         ]
         scenarios += redis_scenarios
     deleted = 0
     try:
         async with contextlib.AsyncExitStack() as stack:
-            for scenario in scenarios:
-                await scenario.start(plan.warm, stack)
-            # Round-robin: a noisy moment on a shared machine hits every scenario a little.
-            for _ in range(plan.slices):
-                for scenario in scenarios:
-                    await scenario.run_slice()
+            await round_robin(scenarios, plan.slices, plan.warm, stack)
             for scenario in redis_scenarios:
                 await scenario.run_extra()
-            results = [scenario.result() for scenario in scenarios]
+            results = [Result.of(scenario) for scenario in scenarios]
     finally:
         if redis.problem is None:
             deleted = await redis.close()
@@ -670,6 +418,12 @@ class Check:
         if self.measured is None:
             return None
         return self.measured < self.limit if self.strict_below else self.measured <= self.limit
+
+    def line(self) -> str:
+        limit = f"{self.limit:,.0f} {self.unit}".strip()
+        measured = "-" if self.measured is None else f"{self.measured:,.{1 if self.unit else 4}f} {self.unit}"
+        op = "<" if self.strict_below else "<="
+        return verdict_line(self.passed, self.target, measured.strip(), limit, self.detail, op)
 
 
 def checks(results: list[Result]) -> list[Check]:
@@ -721,31 +475,13 @@ def checks(results: list[Result]) -> list[Check]:
 # ---------------------------------------------------------------- reporting
 
 
-def fmt(value: float | None, digits: int = 1, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+,.{digits}f}" if sign else f"{value:,.{digits}f}"
-
-
 def print_table(run: Run, found: list[Check], info: dict[str, Any], seconds: float) -> None:
-    versions = info["versions"]
-    print(
-        f"omnichannel {versions['omnichannel']} ({info['revision'] or 'no git checkout'}) - "
-        f"Python {info['python']} - {info['cpus']} CPUs ({info['cpu']}) - "
-        f"pluggy {versions['pluggy']}, attrs {versions['attrs']}"
-    )
-    print(
+    legend = (
         "median, p99: the quietest slice; CPU/msg, msgs/s: the quietest untimed pass; "
         "added: minus the baseline; all:med: every slice pooled"
     )
-    print()
-    header = (
-        f"{'scenario':<42} {'n':>7} {'median':>7} {'added':>7} {'p99':>7} {'CPU/msg':>7} {'added':>7}"
-        f" {'msgs/s':>7} {'all:med':>7} {'noise':>5}"
-    )
-    print(header)
-    print(f"{'':<50}" + "".join(f"{unit:>8}" for unit in ("us", "us", "us", "us", "us", "", "us")))
-    print("-" * len(header))
+    units = [("median", "us"), ("added", "us"), ("p99", "us"), ("CPU/msg", "us"), ("added", "us")]
+    print_head(info, legend, 42, [*units, ("msgs/s", ""), ("all:med", "us")])
     for r in run.results:
         if not r.measured:
             print(f"{r.name:<42} {r.note}")
@@ -756,34 +492,13 @@ def print_table(run: Run, found: list[Check], info: dict[str, Any], seconds: flo
             f"{r.msgs_per_s or 0:>7,.0f} {fmt(r.pooled_median_us):>7} {r.noise:>4.1f}x"
         )
         if r.redis is not None:
-            c = r.redis
-            client = ", ".join(f"{k} {v / c.sends:.4f}" for k, v in sorted(c.client.items())) or "none"
-            scripts = c.server_per_send("evalsha", "eval", "evalsha_ro", "eval_ro")
-            inner = {
-                k: v for k, v in c.server.items() if k not in ("evalsha", "eval", "evalsha_ro", "eval_ro")
-            }
-            other = ", ".join(f"{k} {v / c.sends:.4f}" for k, v in sorted(inner.items())) or "none"
-            print(f"{'':<44}Redis commands per send over {c.sends:,} sends ({c.seconds:.2f} s):")
-            print(f"{'':<46}client, round trips (ours): {client}")
-            calls = sum(c.server.get(k, 0) for k in ("evalsha", "eval", "evalsha_ro", "eval_ro"))
-            spent = sum(c.server_usec.get(k, 0) for k in ("evalsha", "eval", "evalsha_ro", "eval_ro"))
-            in_server = f", {spent / calls:.1f} us each in the server" if calls else ""
-            print(f"{'':<46}server, INFO commandstats (server-wide): evalsha+eval {scripts:.4f}{in_server};")
-            print(f"{'':<48}also counted (run inside the scripts, or others' traffic): {other}")
-    print()
-    for c in found:
-        verdict = {True: "PASS", False: "FAIL", None: "NOT MEASURED"}[c.passed]
-        op = "<" if c.strict_below else "<="
-        limit = f"{c.limit:,.0f} {c.unit}".strip()
-        measured = "-" if c.measured is None else f"{c.measured:,.{1 if c.unit else 4}f} {c.unit}".strip()
-        detail = f"; {c.detail}" if c.detail else ""
-        print(f"{verdict}  {c.target}: {measured} (target {op} {limit}{detail})")
+            for indent, line in r.redis.lines():
+                print(f"{'':<{indent}}{line}")
+    deleted = ""
     if run.redis_problem is None:
-        print(f"\nRedis {run.redis_url}: {run.redis_keys_deleted} key(s) of this run deleted")
-    noisy = [r.name.strip() for r in run.results if r.measured and r.noise > 1.3]
-    if noisy:
-        print(f"\nwarning: the host was noisy (slice medians differ by > 30 %) during: {', '.join(noisy)}")
-    print(f"\n(run took {seconds:.1f} s)")
+        deleted = f"Redis {run.redis_url}: {run.redis_keys_deleted} key(s) of this run deleted"
+    noisy = [r.name.strip() for r in run.results if r.measured and r.noise > NOISY]
+    print_tail([c.line() for c in found], noisy, seconds, deleted)
 
 
 # ---------------------------------------------------------------- profile and breakdown
@@ -792,18 +507,8 @@ def print_table(run: Run, found: list[Check], info: dict[str, Any], seconds: flo
 async def profile(n: int, warm: int, top: int) -> str:
     """cProfile of ``send`` with the resilience layer (recommended profile, memory)."""
     rig = build_rig({"rate_limit": LOOSE_RATE_LIMITS})
-    pool = message_pool()
     async with rig.service as service:
-        await untimed(service.send, pool, 0, warm)
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for first in range(0, n, POOL_SIZE):
-            await untimed(service.send, pool, first, min(POOL_SIZE, n - first))
-            rig.channel.payloads.clear()
-        profiler.disable()
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(top)
-    return out.getvalue()
+        return await profile_sends(service.send, message_pool(), n, warm, top, rig.channel.payloads.clear)
 
 
 async def breakdown(number: int, redis_url: str | None) -> list[tuple[str, float]]:
@@ -896,72 +601,16 @@ async def breakdown(number: int, redis_url: str | None) -> list[tuple[str, float
                 ("service.send(Text), + resilience recommended", send),
             ]
             if redis_url is not None:
-                steps += await redis_steps(redis_url, number, stack)
-            for label, step in steps:
-                best = math.inf
-                for _ in range(5):
-                    start = time.perf_counter_ns()
-                    for _ in range(number):
-                        await step()
-                    best = min(best, (time.perf_counter_ns() - start) / number)
-                rows.append((label, best / 1000))
+                steps += await redis_steps(redis_url, LOOSE_RATE_LIMITS, stack)
+            rows += [(label, await best_of(step, number)) for label, step in steps]
     return rows
-
-
-async def redis_steps(
-    url: str, number: int, stack: contextlib.AsyncExitStack
-) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-    """Breakdown steps on a real Redis (none if it cannot be reached); keys deleted on exit."""
-    redis = RedisRun(url, f"omnichannel-bench:{uuid.uuid4().hex}")
-    await redis.open()
-    if redis.problem is not None:
-        print(f"(Redis steps left out: {redis.problem})", file=sys.stderr)
-        return []
-    stack.push_async_callback(redis.close)
-    from omnichannel_resilience.redis_state import RedisLimiterStore
-
-    settings = ResilienceConfig(rate_limit=RateLimitSettings(**LOOSE_RATE_LIMITS)).rate_limit
-    limiter = RedisLimiterStore(
-        url,
-        settings.sender(),
-        settings.pair(),
-        SystemClock(),
-        settings.max_wait_sender_s,
-        prefix=redis.prefix,
-    )
-    stack.push_async_callback(limiter.close)
-    client = redis.client
-    trivial = client.register_script("return 1")
-    await trivial()
-    pool = message_pool()
-    cursor = 0
-
-    async def ping() -> None:
-        await client.ping()
-
-    async def evalsha() -> None:
-        await trivial()
-
-    async def acquire() -> None:
-        nonlocal cursor
-        cursor += 1
-        await limiter.acquire("recording", pool[cursor % POOL_SIZE].recipient)
-
-    return [
-        ("Redis PING (one round trip)", ping),
-        ("Redis EVALSHA of 'return 1' (one round trip)", evalsha),
-        ("RedisLimiterStore.acquire (one EVALSHA, the limiter script)", acquire),
-    ]
 
 
 # ---------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (about 15 s)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser = arguments(__doc__, "fewer iterations (about 15 s)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="the Redis for the shared-state rows")
     parser.add_argument("--no-redis", action="store_true", help="measure the in-memory state only")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the per-message path")
@@ -974,11 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         print(asyncio.run(profile(10_000 if args.quick else 50_000, 1_000, 30)))
         return 0
     if args.breakdown:
-        rows = asyncio.run(
-            breakdown(2_000 if args.quick else 10_000, None if args.no_redis else args.redis_url)
-        )
-        for label, us in rows:
-            print(f"{label:<58} {us:8.2f} us")
+        redis_url = None if args.no_redis else args.redis_url
+        print_steps(asyncio.run(breakdown(2_000 if args.quick else 10_000, redis_url)), 58)
         return 0
 
     if args.quick:
@@ -991,25 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     run = asyncio.run(run_all(plan, None if args.no_redis else args.redis_url))
     seconds = time.perf_counter() - started
     found = checks(run.results)
-    info = machine()
-    if args.json:
-        document = {
-            "machine": info,
-            "mode": "quick" if args.quick else "full",
-            "seconds": round(seconds, 2),
-            "redis": {
-                "url": run.redis_url,
-                "problem": run.redis_problem,
-                "keys_deleted": run.redis_keys_deleted,
-            },
-            "results": [attrs.asdict(r) for r in run.results],
-            "targets": [{**attrs.asdict(c), "passed": c.passed} for c in found],
-        }
-        json.dump(document, sys.stdout, indent=2)
-        print()
-    else:
-        print_table(run, found, info, seconds)
-    return 1 if args.strict and not all(c.passed for c in found) else 0
+    redis = {"url": run.redis_url, "problem": run.redis_problem, "keys_deleted": run.redis_keys_deleted}
+    table = lambda info: print_table(run, found, info, seconds)  # noqa: E731
+    return report(args, seconds, run.results, found, table, {"redis": redis})
 
 
 if __name__ == "__main__":

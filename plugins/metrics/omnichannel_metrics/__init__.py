@@ -27,7 +27,15 @@ from .instruments import BREAKER_STATES, Instruments
 if TYPE_CHECKING:
     from omnichannel import OmniChannelService
 
-__all__ = ["BREAKER_STATES", "Instruments", "MetricsConfig", "MetricsPlugin", "instruments", "plugin"]
+__all__ = [
+    "BREAKER_STATES",
+    "Instruments",
+    "MetricsConfig",
+    "MetricsPlugin",
+    "exposition",
+    "instruments",
+    "plugin",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,8 @@ class MetricsPlugin:
             outcome = "failed"
             try:
                 receipt = await logical_send()
-                outcome = "sent"
+                if receipt.ok:  # a channel may also report a failure in its receipt
+                    outcome = "sent"
                 return receipt
             finally:
                 metrics.observe_send(channel, outcome, clock.monotonic() - started)

@@ -174,22 +174,27 @@ class Instruments:
 
     # ------------------------------------------------------------ per event
 
-    def _sender(self, event: MessageSent | DeliveryFailed) -> str:
+    def _labels(self, event: MessageSent | DeliveryFailed) -> tuple[str, str]:
+        """``(channel, sender)``: ``unknown`` and ``''`` for a channel no plugin provides, so that
+        a caller's typo does not become a series of its own."""
         channel = event.receipt.channel
-        return self._service.sender_of(event.message, channel) if channel else ""
+        if self._service.channel_info(channel) is None:
+            return "unknown", ""
+        return channel, self._service.sender_of(event.message, channel)
 
     def _sent(self, event: MessageSent) -> None:
-        channel = event.receipt.channel
-        self.sent.labels(channel, self._sender(event)).inc()
+        channel, sender = self._labels(event)
+        self.sent.labels(channel, sender).inc()
         self.attempts.labels(channel).inc(event.receipt.attempts)
 
     def _failed(self, event: DeliveryFailed) -> None:
         receipt, error = event.receipt, event.receipt.error
+        channel, sender = self._labels(event)
         kind = error.kind if error is not None else "DeliveryError"
-        code = self.code(receipt.channel, error.code if error is not None else None)
-        self.failed.labels(receipt.channel, self._sender(event), kind, code).inc()
+        code = self.code(channel, error.code if error is not None else None)
+        self.failed.labels(channel, sender, kind, code).inc()
         if receipt.attempts:
-            self.attempts.labels(receipt.channel).inc(receipt.attempts)
+            self.attempts.labels(channel).inc(receipt.attempts)
 
     def _status(self, event: StatusChanged) -> None:
         self.statuses.labels(event.channel, str(event.status)).inc()

@@ -452,6 +452,8 @@ class CircuitBreaker:
         """
         with self._lock:
             now = self._clock.monotonic()
+            if self._state is State.CLOSED:  # the hot path: nothing moves a closed breaker by time
+                return Permit(self, self._generation, now, probe=False)
             self._refresh(now)
             state = self._state
             if state.admits_all:
@@ -559,6 +561,15 @@ class CircuitBreaker:
 
     def _settle(self, permit: Permit, outcome: Outcome) -> None:
         with self._lock:
+            if (
+                outcome is Outcome.SUCCESS
+                and self._state is State.CLOSED
+                and permit.generation == self._generation
+                and not self._rate
+                and not self._slow_as_failure
+            ):
+                self._failures = 0  # row 4, the hot path
+                return
             now = self._clock.monotonic()
             self._refresh(now)
             if permit.generation != self._generation:

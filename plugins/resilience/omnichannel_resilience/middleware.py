@@ -271,6 +271,7 @@ class Resilience:
                 on_retry=on_retry,
                 retry_unknown=self.settings.retry_unknown,
                 stop=lambda exc: delivery.final or _throttled_beyond_sender(exc),
+                deadline=delivery.deadline,
             )
 
         return with_retries

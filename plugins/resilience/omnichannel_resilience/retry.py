@@ -286,6 +286,7 @@ async def call_with_retries(
     on_retry: OnRetry | None = None,
     retry_unknown: bool = False,
     stop: Callable[[BaseException], bool] | None = None,
+    deadline: float | None = None,
 ) -> T:
     """Await ``sender()`` up to ``config.max_attempts`` times; return its result or re-raise its last error.
 
@@ -295,6 +296,8 @@ async def call_with_retries(
     further attempt is made. ``on_retry(attempt, delay_s, exc)`` is awaited before each sleep; an
     exception it raises is logged and does not stop the retries. ``stop(exc)`` returning true ends
     the loop after a retryable error too (the middleware: this failure opened the breaker).
+    ``deadline`` (``clock.monotonic()`` time) is the caller's, when it already computed
+    ``now + config.deadline_s``.
     """
     # Why backoff does not sleep itself: python-backoff 3.0 sleeps with ``asyncio.sleep`` and has no
     # sleep or clock injection (§1.5, §4.2 item 23), and its ``giveup`` runs *before* the wait
@@ -306,7 +309,8 @@ async def call_with_retries(
     # attempt counting (``max_tries``), handler order, re-raising the give-up exception unchanged, and
     # letting ``CancelledError`` (not an ``Exception``) through. ``max_time`` is not used: it reads
     # ``time.monotonic``, not our clock.
-    deadline = None if config.deadline_s is None else clock.monotonic() + config.deadline_s
+    if deadline is None and config.deadline_s is not None:
+        deadline = clock.monotonic() + config.deadline_s
     if budget is not None:
         budget.record_attempt()
     # The first attempt runs on its own: most sends succeed, and they should not pay for building

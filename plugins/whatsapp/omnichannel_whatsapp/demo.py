@@ -180,6 +180,7 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
         names = ", ".join(p.name for p in service.plugins() if not p.builtin and p.name != "demo-tracker")
         echo(f"omnichannel demo: WhatsApp sandbox at {sandbox.url}, webhooks to {settings.webhook_url}")
         echo(f"plugins: {names}")
+        metrics: list[str] = []
         runner = web.AppRunner(make_app(service, manage_service=False))
         await runner.setup()
         try:
@@ -188,10 +189,15 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
                 await _campaign(service, sandbox, tracker, echo)
                 echo("waiting for the status webhooks ...")
                 await sandbox.dispatcher.drain(timeout_s=20)
+                metrics = await _scrape(service, f"http://{host}:{port}/metrics")
         finally:
             await runner.cleanup()
     counts = Counter(str(status) for status in tracker.status.values())
     _summary(tracker, counts, echo)
+    if metrics:
+        echo("\nmetrics (GET /metrics, the metrics plugin)")
+        for line in metrics:
+            echo(f"  {line}")
     echo(f"done in {time.monotonic() - started:.1f} s")
     return dict(counts)
 
@@ -225,6 +231,24 @@ async def _campaign(service: OmniChannelService, sandbox: Sandbox, tracker: Trac
         sandbox.faults.clear()
         for receipt in await service.send_many(retry):
             echo(_line(receipt, "retried"))
+
+
+_SHOWN_METRICS = (
+    "omnichannel_messages_sent_total",
+    "omnichannel_messages_failed_total",
+    "omnichannel_retries_total",
+    "omnichannel_message_status_total",
+    "omnichannel_circuit_breaker_state",
+)
+
+
+async def _scrape(service: OmniChannelService, url: str) -> list[str]:
+    """A few lines of the demo's own ``/metrics`` (none when the metrics plugin is not there)."""
+    async with service.http.get(url) as response:
+        if response.status != 200:
+            return []
+        text = await response.text()
+    return [line for line in text.splitlines() if line.startswith(_SHOWN_METRICS)]
 
 
 def _summary(tracker: Tracker, counts: Counter[str], echo: Any) -> None:
