@@ -124,6 +124,8 @@ class ServiceConfig:
     :param strict_plugins: make a plugin that fails to load a start-up error
         (by default it is reported and the others load).
     :param trace_plugins: log every hook call.
+    :param key_store: where idempotency keys live: ``sqlite:///path`` (a file, the default),
+        ``redis://...`` (shared by every worker) or ``memory://`` (this process only).
     """
 
     default_route: tuple[str, ...] = ()
@@ -132,6 +134,7 @@ class ServiceConfig:
     send_concurrency: int = attrs.field(default=10, validator=_positive)
     strict_plugins: bool = False
     trace_plugins: bool = False
+    key_store: str = "sqlite:///omnichannel-keys.sqlite3"
     http: HttpConfig = attrs.field(factory=HttpConfig)
     server: ServerConfig = attrs.field(factory=ServerConfig)
     plugins: Mapping[str, PluginSettings] = attrs.field(factory=dict)

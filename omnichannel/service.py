@@ -578,6 +578,40 @@ class OmniChannelService:
         await self.emit(DeliveryFailed(message, receipt, occurred_at=finished_at))
         return receipt
 
+    def check(self, message: Message) -> list[str]:
+        """Every problem that would stop ``message`` before anything is sent, without sending.
+
+        Routing (an unknown or unavailable channel), the plugins' ``validate`` hooks and the
+        channel's ``build`` (a ``MessageValidationError`` it raises), for the first channel of
+        the route that is available. An empty list: the message would be handed to the channel.
+        """
+        route = self._route(message)
+        if not route:
+            return ["channel: no channel given and no default_route configured"]
+        self._refresh_caches()
+        excluded = self._excluded(message.recipient)
+        unavailable = []
+        for channel in route:
+            binding = self._channels.get(channel)
+            if binding is None or binding.plugin in excluded:
+                unavailable.append(channel)
+                continue
+            plan = self._plan(binding, excluded)
+            problems = [
+                problem
+                for result in plan.validate(message=message, channel=channel, service=self)
+                if result
+                for problem in result
+            ]
+            if problems:
+                return problems
+            try:
+                plan.build(message=message, channel=channel, service=self)
+            except MessageValidationError as exc:
+                return list(exc.problems)
+            return []
+        return [f"channel: {', '.join(map(repr, unavailable))} not available"]
+
     async def send_many(
         self, messages: Iterable[Message], *, concurrency: int | None = None
     ) -> list[Receipt]:
