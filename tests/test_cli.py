@@ -339,6 +339,7 @@ def test_config_show(run):
         "server": {"host": "127.0.0.1", "port": 9000, "shutdown_timeout_s": 10.0},
         "strict_plugins": False,
         "trace_plugins": False,
+        "key_store": "sqlite:///omnichannel-keys.sqlite3",
     }
 
 
