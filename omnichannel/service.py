@@ -459,12 +459,7 @@ class OmniChannelService:
                 continue
             plan = self._plan(binding, excluded)
             progress.stage = "validate"
-            found = [
-                problem
-                for result in plan.validate(message=message, channel=channel, service=self)
-                if result
-                for problem in result
-            ]
+            found = self._validation_problems(plan, message, channel)
             if found:
                 problems += [f"[{channel}] {p}" for p in found] if len(route) > 1 else found
                 continue
@@ -578,6 +573,15 @@ class OmniChannelService:
         await self.emit(DeliveryFailed(message, receipt, occurred_at=finished_at))
         return receipt
 
+    def _validation_problems(self, plan: Plan, message: Message, channel: str) -> list[str]:
+        """What the ``validate`` hooks of ``plan`` find wrong with ``message`` on ``channel``."""
+        return [
+            problem
+            for result in plan.validate(message=message, channel=channel, service=self)
+            if result
+            for problem in result
+        ]
+
     def check(self, message: Message) -> list[str]:
         """Every problem that would stop ``message`` before anything is sent, without sending.
 
@@ -597,12 +601,7 @@ class OmniChannelService:
                 unavailable.append(channel)
                 continue
             plan = self._plan(binding, excluded)
-            problems = [
-                problem
-                for result in plan.validate(message=message, channel=channel, service=self)
-                if result
-                for problem in result
-            ]
+            problems = self._validation_problems(plan, message, channel)
             if problems:
                 return problems
             try:

@@ -17,7 +17,6 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 import omnichannel
 from omnichannel import (
@@ -49,6 +48,7 @@ from omnichannel.plugins import in_rollout
 from omnichannel.server import make_app
 from omnichannel.testing import EventRecorder, FakeClock, RecordingChannel, make_service
 from omnichannel_metrics import MetricsPlugin, exposition
+from omnichannel_metrics.testing import Key, Scrape, sample_key
 from omnichannel_resilience import ResiliencePlugin
 
 CHANNEL = "recording"
@@ -57,53 +57,11 @@ SENDER = "recording"
 LEGACY_NO_WAIT = {"profile": "legacy", "poll_interval_s": 3600.0}
 """Legacy profile: 3 attempts, delays 1 s then 2 s (no jitter), breaker after 5 failures."""
 
-Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
 # ---------------------------------------------------------------- reading the exposition
-
-
-class Scrape:
-    """The samples of one exposition, parsed by prometheus-client (``_created`` series left out)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: dict[Key, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if not sample.name.endswith("_created"):
-                    self.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-
-    def get(self, name: str, **labels: str) -> float | None:
-        """The value of the sample ``name{labels}`` (exactly those labels), ``None`` when absent."""
-        return self.samples.get((name, tuple(sorted(labels.items()))))
-
-    def at(self, spec: str) -> float | None:
-        """The value of the sample ``k(spec)``, ``None`` when absent."""
-        return self.samples.get(k(spec))
-
-    def series(self, name: str) -> list[dict[str, str]]:
-        """The label sets of every sample called ``name``."""
-        return [dict(labels) for sample, labels in self.samples if sample == name]
-
-    def moved_since(self, before: Scrape) -> dict[Key, float]:
-        """Samples whose value changed (new ones count from 0); histogram buckets left out."""
-        moved = {}
-        for key, value in self.samples.items():
-            if key[0].endswith("_bucket"):
-                continue
-            delta = value - before.samples.get(key, 0.0)
-            if delta:
-                moved[key] = delta
-        return moved
 
 
 def scrape(service: OmniChannelService) -> Scrape:
     return Scrape(exposition(service).decode())
-
-
-def key(name: str, **labels: str) -> Key:
-    return (name, tuple(sorted(labels.items())))
 
 
 def metrics_service(*plugins: object, settings: Mapping[str, Any] | None = None, **sections: Any) -> Any:
@@ -147,8 +105,7 @@ LIMITED = f"channel={CHANNEL} sender=15550001"
 
 def k(spec: str) -> Key:
     """``"messages_sent_total channel=x sender=y"``: the key of ``omnichannel_messages_sent_total{...}``."""
-    name, *labels = spec.split()
-    return key(f"omnichannel_{name}", **dict(label.split("=", 1) for label in labels))
+    return Scrape("").key(spec)
 
 
 def status(value: DeliveryStatus, error: ErrorInfo | None = None) -> StatusChanged:
@@ -250,7 +207,7 @@ async def test_each_event_moves_its_metrics_with_their_labels_and_nothing_else(
         before = scrape(service)
         await service.emit(event)
         after = scrape(service)
-    events_key = key("omnichannel_events_total", event=type(event).__name__)
+    events_key = sample_key("omnichannel_events_total", event=type(event).__name__)
     assert after.moved_since(before) == {**expected, events_key: 1}
 
 

@@ -20,7 +20,6 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 import omnichannel_whatsapp
 from omnichannel import (
@@ -38,6 +37,7 @@ from omnichannel import (
 from omnichannel.server import make_app
 from omnichannel.testing import EventRecorder, FakeClock, make_service
 from omnichannel_metrics import MetricsPlugin
+from omnichannel_metrics.testing import Scrape
 from omnichannel_resilience import ResiliencePlugin, runtime
 from omnichannel_whatsapp.sandbox import Fault, Sandbox, SandboxSettings
 
@@ -52,46 +52,7 @@ failures in a row, stays open 60 s, closes after 2 successes. No local rate limi
 watcher polls once an hour: the test reports the breakers itself (``report_breakers``)."""
 OPEN_S = 60.0
 
-Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
 # ---------------------------------------------------------------- scraping
-
-
-class Scrape:
-    """One scrape, parsed by prometheus-client (``_created`` series left out)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: dict[Key, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if not sample.name.endswith("_created"):
-                    self.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-
-    def at(self, spec: str) -> float | None:
-        """``"messages_sent_total channel=whatsapp ..."``: that sample of ``omnichannel_...``, or ``None``."""
-        name, *labels = spec.split()
-        key = tuple(sorted(tuple(label.split("=", 1)) for label in labels))
-        return self.samples.get((f"omnichannel_{name}", key))  # type: ignore[arg-type]
-
-    def total(self, name: str) -> float:
-        """The sum of every series of ``omnichannel_<name>``."""
-        return sum(v for (sample, _), v in self.samples.items() if sample == f"omnichannel_{name}")
-
-    def by(self, name: str, label: str) -> dict[str, float]:
-        """``omnichannel_<name>`` by the value of ``label``."""
-        return {
-            dict(labels)[label]: v
-            for (sample, labels), v in self.samples.items()
-            if sample == f"omnichannel_{name}"
-        }
-
-    def series_count(self, name: str) -> int:
-        return sum(1 for sample, _ in self.samples if sample == f"omnichannel_{name}")
-
-    def label_values(self) -> set[str]:
-        return {value for _, labels in self.samples for _, value in labels}
 
 
 async def scrape(client: TestClient[Any, Any]) -> Scrape:
@@ -292,7 +253,7 @@ async def test_metrics_follow_real_sends_their_webhooks_an_outage_and_the_recove
     assert not {v for v in after.label_values() for word in forbidden if word in v}
     assert not any(word in after.text for word in forbidden)
     assert events.of_type(SendLimited) == []  # the legacy profile has no local limits
-    assert after.series_count("rate_limiter_deferred_total") == 0
+    assert after.series("omnichannel_rate_limiter_deferred_total") == []
 
 
 async def test_rate_limiter_waits_and_deferrals_through_the_sandbox(sandbox: Sandbox) -> None:
