@@ -18,6 +18,7 @@ import attrs
 import click
 
 from . import plugins as _plugins
+from .campaigns.cli import campaign as campaign_group
 from .config import ServiceConfig, load_config
 from .errors import ConfigError, OmniChannelError
 from .message import Content, Message, Template, Text, TextParam
@@ -237,6 +238,9 @@ def serve_command(state: CliState, host: str | None, port: int | None) -> None:
     from .server import run
 
     run(state.service(), host=host, port=port)
+
+
+cli.add_command(campaign_group)
 
 
 def service_from_context(ctx: click.Context | None = None) -> OmniChannelService:

@@ -13,6 +13,7 @@ ever appears in it.
     ├── ServiceStateError(RuntimeError)       the service was used before start() or after stop()
     ├── CommandError                          the command bus could not run a command
     │   └── UnknownCommandError(LookupError)  .command: no handler is registered for it
+    ├── KeyStoreError                         the idempotency key store could not answer: do not send
     ├── DeliveryError                         .channel .message_id .code .http_status .certainty .scope
     │   ├── TransientDeliveryError            may succeed if tried again (timeouts, 5xx, connection errors)
     │   │   ├── RateLimitedError              .retry_after: the provider asked us to slow down
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "ErrorScope",
+    "KeyStoreError",
     "MessageValidationError",
     "OmniChannelError",
     "PermanentDeliveryError",
@@ -152,6 +154,10 @@ class ServiceStateError(OmniChannelError, RuntimeError):
 
 class CommandError(OmniChannelError):
     """Raised when the command bus cannot run a command."""
+
+
+class KeyStoreError(OmniChannelError):
+    """The idempotency key store could not answer (unreachable, locked, closed): the caller must not send."""
 
 
 class UnknownCommandError(CommandError, LookupError):

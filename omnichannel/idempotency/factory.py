@@ -1,0 +1,95 @@
+"""Pick a key store from a URL (the ``key_store`` setting), and the error every store raises."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from .keys import KeyStore
+
+__all__ = ["open_key_store", "safe_url"]
+
+_SQLITE_SUFFIXES = (".sqlite3", ".sqlite", ".db")
+_ACCEPTED = (
+    "sqlite:///relative/path.sqlite3, sqlite:////absolute/path.sqlite3, a path ending in "
+    ".sqlite3 or .db, redis://host:6379/0, rediss://host:6380/0 or memory://"
+)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user, password or query, for messages and logs."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url.split("?", 1)[0]
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def open_key_store(url: str, *, clock: Clock | None = None) -> KeyStore:
+    """The key store that ``url`` names; SQLite files are created (with their folder) on first use.
+
+    - ``sqlite:///relative/path.sqlite3`` (three slashes: relative to the working directory),
+      ``sqlite:////absolute/path`` (four), or a bare path ending in ``.sqlite3``/``.sqlite``/``.db``;
+    - ``redis://…``/``rediss://…`` (needs the ``redis`` package);
+    - ``memory://`` (this process only).
+
+    :raises ConfigError: anything else, or Redis without the ``redis`` package.
+    """
+    text = url.strip() if isinstance(url, str) else ""
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme == "sqlite":
+        return _sqlite(_sqlite_path(text), clock)
+    if scheme in ("redis", "rediss"):
+        try:
+            import redis  # noqa: F401  (only to say clearly that it is missing)
+        except ImportError:
+            raise ConfigError(
+                [
+                    f"key_store: {safe_url(text)!r} needs the 'redis' package; "
+                    "install it with: pip install 'omnichannel[redis]'"
+                ]
+            ) from None
+        from .redis import RedisKeyStore
+
+        return RedisKeyStore(text, clock=clock)
+    if scheme == "memory":
+        if text.lower() != "memory://":
+            raise ConfigError([f"key_store: {safe_url(text)!r}: memory:// takes no path or options"])
+        from . import MemoryKeyStore
+
+        return MemoryKeyStore(clock)
+    if not scheme and text.lower().endswith(_SQLITE_SUFFIXES):
+        return _sqlite(os.path.expanduser(text), clock)
+    shown = safe_url(text) if text else str(url)
+    raise ConfigError([f"key_store: {shown!r} is not a key store URL; expected {_ACCEPTED}"])
+
+
+def _sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:`` URL (SQLAlchemy's convention: ``///`` relative, ``////`` absolute)."""
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ConfigError(
+            [f"key_store: {safe_url(url)!r}: a sqlite URL has no host; write sqlite:///relative/path.sqlite3"]
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError([f"key_store: {safe_url(url)!r}: a sqlite URL takes no options"])
+    path = unquote(parts.path)[1:]  # the path keeps one slash of '///': drop it
+    if not path or path.endswith("/"):
+        raise ConfigError([f"key_store: {url!r} names no file; write sqlite:///relative/path.sqlite3"])
+    return path
+
+
+def _sqlite(path: str, clock: Clock | None) -> KeyStore:
+    from .sqlite import SqliteKeyStore
+
+    return SqliteKeyStore(Path(path), clock=clock)
