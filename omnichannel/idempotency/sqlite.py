@@ -218,6 +218,25 @@ class SqliteKeyStore:
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
 
+    async def _set_up(self, db: aiosqlite.Connection) -> None:
+        """WAL mode and the table. Switching to WAL needs the file to itself and SQLite does not
+        wait for it (no busy handler): when another process is setting the file up at the same
+        moment, try again for up to ``busy_timeout_s``."""
+        give_up = asyncio.get_running_loop().time() + self._busy_timeout_ms / 1000
+        pause = 0.01
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = FULL")
+                await db.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or asyncio.get_running_loop().time() + pause > give_up:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
     async def _connection(self) -> aiosqlite.Connection:
         """The open connection (caller holds the lock); the first call creates the file and table."""
         if self._db is not None:
@@ -245,9 +264,7 @@ class SqliteKeyStore:
             ) from exc
         try:
             await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")
-            await db.execute(_SCHEMA)
+            await self._set_up(db)
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.Error):
