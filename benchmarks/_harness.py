@@ -1,4 +1,4 @@
-"""The measuring harness the benchmarks share (``bench_core.py``, ``bench_resilience.py``).
+"""The measuring harness the benchmarks share (``bench_core``, ``bench_resilience``, ``bench_metrics``).
 
 Each scenario is cut into slices run round-robin with the others (:func:`round_robin`), so
 that a noisy moment on a shared machine hits every scenario a little instead of one

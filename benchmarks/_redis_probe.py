@@ -4,6 +4,7 @@ the commands the resilience stores send (client side, exact) and of ``INFO comma
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import sys
@@ -34,6 +35,8 @@ class RedisCount:
     """``INFO commandstats`` deltas by command (server-wide)."""
     poll_interval_s: float = 1.0
     storage_errors: int = 0
+    breakers: int = 0
+    """Distinct breaker keys the breaker store's commands touched."""
     server_usec: dict[str, int] = attrs.field(factory=dict)
     """``INFO commandstats`` deltas of the time the server spent, by command (µs; scripts include
     the commands they run)."""
@@ -44,18 +47,26 @@ class RedisCount:
         return sum(self.client.values()) / self.sends
 
     @property
-    def breaker_refreshes(self) -> int:
-        return sum(count for key, count in self.client.items() if key.endswith(" breaker"))
+    def breaker_reads(self) -> int:
+        """The breaker store's time-driven reads: the admission path's refresh of its local copy
+        (``acquire`` once the copy is ``poll_interval_s`` old) and the watcher's ``read``."""
+        return sum(self.client.get(f"evalsha breaker-{op}", 0) for op in ("acquire", "read"))
 
     @property
     def per_send_on_path(self) -> float:
-        """Round trips per send made because of the send (time-driven breaker refreshes left out)."""
-        return (sum(self.client.values()) - self.breaker_refreshes) / self.sends
+        """Round trips per send made because of the send (time-driven breaker reads left out)."""
+        return (sum(self.client.values()) - self.breaker_reads) / self.sends
 
     @property
-    def refreshes_allowed(self) -> int:
-        """At most one breaker refresh per ``poll_interval_s`` (plus the first)."""
-        return math.floor(self.seconds / self.poll_interval_s) + 1
+    def reads_allowed(self) -> int:
+        """At most two breaker reads per ``poll_interval_s`` per breaker (refresh and watcher), plus
+        the first of each: more than that would be per-send reads."""
+        return 2 * max(1, self.breakers) * (math.floor(self.seconds / self.poll_interval_s) + 1)
+
+    @property
+    def background_per_s(self) -> float:
+        """Time-driven breaker reads per second per breaker (expected about ``2 / poll_interval_s``)."""
+        return self.breaker_reads / self.seconds / max(1, self.breakers)
 
     def server_per_send(self, *commands: str) -> float:
         return sum(self.server.get(c, 0) for c in commands) / self.sends
@@ -69,9 +80,16 @@ class RedisCount:
         spent = sum(self.server_usec.get(k, 0) for k in SCRIPTS)
         in_server = f", {spent / calls:.1f} us each in the server" if calls else ""
         scripts = f"evalsha+eval {self.server_per_send(*SCRIPTS):.4f}{in_server}"
+        reads = {op: self.client.get(f"evalsha breaker-{op}", 0) for op in ("acquire", "read")}
+        background = (
+            f"breaker reads, time-driven: {self.breaker_reads} ({reads['acquire']} admission refreshes, "
+            f"{reads['read']} watcher reads) = {self.background_per_s:.2f}/s per breaker "
+            f"({self.breakers} breaker(s), poll_interval_s {self.poll_interval_s:g})"
+        )
         return [
             (44, f"Redis commands per send over {self.sends:,} sends ({self.seconds:.2f} s):"),
             (46, f"client, round trips (ours): {client}"),
+            (46, background),
             (46, f"server, INFO commandstats (server-wide): {scripts};"),
             (48, f"also counted (run inside the scripts, or others' traffic): {other}"),
         ]
@@ -133,15 +151,22 @@ class StoreCounter:
 
     counts: Counter[str] = attrs.field(factory=Counter)
     stores: list[object] = attrs.field(factory=list)
+    breaker_keys: set[str] = attrs.field(factory=set)
 
     def instrument(self, store: object, kind: str) -> None:
         client = getattr(store, "_redis", None)
         if client is None:
             raise RuntimeError(f"the {kind} store is not a Redis store ({type(store).__name__})")
-        execute, counts = client.execute_command, self.counts
+        execute, counts, keys = client.execute_command, self.counts, self.breaker_keys
 
         async def counting(*args: Any, **options: Any) -> Any:
-            counts[f"{str(args[0]).lower()} {kind}"] += 1
+            command, store = str(args[0]).lower(), kind
+            if kind == "breaker" and command in SCRIPTS and len(args) > 3:
+                # EVALSHA sha 1 key now config... action: the breaker script's action says who reads
+                words = {a.decode() if isinstance(a, bytes) else str(a) for a in args[4:]}
+                store += "-" + next((op for op in ("acquire", "read") if op in words), "record")
+                keys.add(str(args[3]))
+            counts[f"{command} {store}"] += 1
             return await execute(*args, **options)
 
         client.execute_command = counting
@@ -161,12 +186,18 @@ class StoreCounter:
         """Send at least ``sends`` messages for at least ``seconds`` (untimed, from ``first`` in the
         pool) and count the Redis commands they took, client- and server-side."""
         self.counts.clear()
+        self.breaker_keys.clear()
         sent = 0
         before = await redis.commandstats()
         started = time.perf_counter()
         while sent < sends or time.perf_counter() - started < seconds:
             await untimed(send, pool, first + sent, 100)
             sent += 100
+            # The recording channel never suspends, nor does a send with the legacy profile (no
+            # limiter) but for the breaker's refresh once a second: without this turn, the loop would
+            # not run the breaker watcher for a second at a time, and a connection it opens meanwhile
+            # would time out (redis-py's 1 s connect timeout) and send the store to local state.
+            await asyncio.sleep(0)
         took = time.perf_counter() - started
         after = await redis.commandstats()
         server = {cmd: calls - before.get(cmd, (0, 0))[0] for cmd, (calls, _) in after.items()}
@@ -180,6 +211,7 @@ class StoreCounter:
             {cmd: calls for cmd, calls in server.items() if calls},
             poll,
             self.errors(),
+            len(self.breaker_keys),
             {cmd: spent for cmd, spent in usec.items() if server.get(cmd)},
         )
 

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_metrics.py              # full run (about 30 s on 2 cores)
-    python benchmarks/bench_metrics.py --quick      # smoke run (about 8 s)
+    python benchmarks/bench_metrics.py              # full run (about 11 s on 2 cores)
+    python benchmarks/bench_metrics.py --quick      # smoke run (about 3 s)
     python benchmarks/bench_metrics.py --json       # machine-readable results on stdout
     python benchmarks/bench_metrics.py --strict     # exit 1 when a target is missed
     python benchmarks/bench_metrics.py --breakdown  # the plugin's steps, each alone
@@ -262,7 +262,7 @@ async def breakdown(number: int) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = arguments(__doc__, "fewer iterations (about 5 s)")
+    parser = arguments(__doc__, "fewer iterations (about 3 s)")
     parser.add_argument("--breakdown", action="store_true", help="time the plugin's per-send steps alone")
     args = parser.parse_args(argv)
     if args.breakdown:

@@ -41,13 +41,18 @@ Redis commands per send are counted twice, in a dedicated pass after the timed
 ones: on the client (every command the resilience stores' Redis clients send,
 by command and by store: exact, ours only) and from the server's
 ``INFO commandstats`` before and after (server-wide: it includes whatever else
-uses that Redis meanwhile; it is never reset). The circuit breaker re-reads the
-shared state at most once per ``poll_interval_s`` (1 s) per breaker: that refresh is
-time-driven, not per send, and is shown apart.
+uses that Redis meanwhile; it is never reset). The circuit breaker reads the shared
+state in the background, twice per ``poll_interval_s`` (1 s) per breaker: the admission
+path refreshes its local copy once it is that old, and a watcher task reads every
+breaker once per interval to report moves made by time or by another worker. Those
+reads are time-driven, not per send: they are told apart by the breaker script's
+action (``acquire`` or ``read``), left out of the per-send count as long as there are
+at most two per interval per breaker (more would count in full), and printed on a line
+of their own: about 2 per second per breaker expected, and no target.
 
 Targets: under 20 µs added per send in memory (recommended profile, median and
 CPU per message; the legacy profile is judged too), and at most one Redis round
-trip per send with Redis (time-driven breaker refreshes aside). The script exits 0
+trip per send with Redis (time-driven breaker reads aside). The script exits 0
 whatever the outcome; ``--strict`` makes a missed target exit 1. If Redis cannot be
 reached or ``omnichannel_resilience.redis_state`` fails to import or to run, the
 Redis rows are reported as not measured.
@@ -96,7 +101,7 @@ from omnichannel_resilience import ResiliencePlugin, runtime
 ADDED_TARGET_US = 20.0
 """Target: latency the resilience layer adds to one send in memory (median), in microseconds."""
 REDIS_ROUND_TRIPS_TARGET = 1.0
-"""Target: Redis round trips per send with ``shared_state = "redis"`` (time-driven refreshes aside)."""
+"""Target: Redis round trips per send with ``shared_state = "redis"`` (time-driven reads aside)."""
 
 DEFAULT_REDIS_URL = os.environ.get("OMNICHANNEL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -284,7 +289,7 @@ def redis_scenario(
     """The resilience layer with shared state in Redis; its commands are counted in an extra pass.
 
     The pass sends at least ``count_sends`` messages for at least ``count_seconds``: long enough for
-    the breaker's time-driven refreshes (one per ``poll_interval_s``) to show as such.
+    the breaker's time-driven reads (two per ``poll_interval_s``) to show as such.
     """
     scenario, rigs = service_scenario(name, redis_settings(profile, redis.url, redis.prefix), per_slice)
     counter = StoreCounter()
@@ -454,10 +459,10 @@ def checks(results: list[Result]) -> list[Check]:
                 )
             )
             continue
-        within = count.breaker_refreshes <= count.refreshes_allowed
+        within = count.breaker_reads <= count.reads_allowed
         detail = (
-            f"{count.per_send:.4f} with every command; {count.breaker_refreshes} time-driven breaker "
-            f"refresh(es) in {count.seconds:.2f} s (at most {count.refreshes_allowed} allowed)"
+            f"{count.per_send:.4f} with every command; {count.breaker_reads} time-driven breaker "
+            f"read(s) in {count.seconds:.2f} s left out (at most {count.reads_allowed}, else all count)"
         )
         found.append(
             Check(
@@ -470,6 +475,12 @@ def checks(results: list[Result]) -> list[Check]:
             )
         )
     return found
+
+
+def background(results: list[Result]) -> dict[str, float]:
+    """Time-driven breaker reads per second per breaker, by Redis row (not a target: expected about
+    ``2 / poll_interval_s``, the admission path's refresh and the watcher's read)."""
+    return {r.name: round(r.redis.background_per_s, 3) for r in results if r.measured and r.redis}
 
 
 # ---------------------------------------------------------------- reporting
@@ -497,6 +508,12 @@ def print_table(run: Run, found: list[Check], info: dict[str, Any], seconds: flo
     deleted = ""
     if run.redis_problem is None:
         deleted = f"Redis {run.redis_url}: {run.redis_keys_deleted} key(s) of this run deleted"
+        for name, per_s in background(run.results).items():
+            deleted += (
+                f"\nbackground Redis reads, {name.removeprefix('+ resilience, ')}: {per_s:.2f} per second "
+                "per breaker (expected about 2: the admission refresh and the watcher, each once per "
+                "poll_interval_s; not per send)"
+            )
     noisy = [r.name.strip() for r in run.results if r.measured and r.noise > NOISY]
     print_tail([c.line() for c in found], noisy, seconds, deleted)
 
@@ -637,7 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     run = asyncio.run(run_all(plan, None if args.no_redis else args.redis_url))
     seconds = time.perf_counter() - started
     found = checks(run.results)
-    redis = {"url": run.redis_url, "problem": run.redis_problem, "keys_deleted": run.redis_keys_deleted}
+    redis = {
+        "url": run.redis_url,
+        "problem": run.redis_problem,
+        "keys_deleted": run.redis_keys_deleted,
+        "background_reads_per_s_per_breaker": background(run.results),
+    }
     table = lambda info: print_table(run, found, info, seconds)  # noqa: E731
     return report(args, seconds, run.results, found, table, {"redis": redis})
 

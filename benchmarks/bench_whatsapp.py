@@ -18,7 +18,15 @@ two ways, with the same messages:
   part), the ``whatsapp`` plugin pointed at the sandbox with ``check_templates``
   on (the account's templates are fetched and cached before timing starts), and
   ``service.send_many(messages, concurrency=c)``: validate, build, template
-  check, the Graph client, receipts and events, for every message;
+  check, the Graph client, receipts and events, for every message. The
+  resilience plugin runs its default (``recommended``) profile with
+  ``[plugins.resilience] rate_limit.enabled = false``: its sender limit (WhatsApp's
+  real one, about 68 messages a second with a burst of 10) would otherwise refuse
+  the benchmark's bursts (``wait 2.004 s exceeds max_wait 2.000 s``) and measure our
+  deliberate throttling, not the framework. The breaker, retry and its budget,
+  bulkhead (at most 50 attempts in flight per sender: it caps the pipeline's
+  concurrency 200) and attempt timeouts stay on. The metrics plugin (its outermost
+  ``send`` wrapper and its ``on_event`` listener) takes part with its defaults;
 * **bare**: the request bodies built once beforehand
   (``omnichannel_whatsapp.payload.build_payload(message).body``), then ``c``
   workers on one ``aiohttp.ClientSession`` (the same connector limit as the
@@ -66,6 +74,7 @@ import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 import aiohttp
@@ -98,6 +107,8 @@ TEMPLATE = ("order_update", "en_US")
 """A positional template of the sandbox's seed, with a text header, three body parameters and buttons."""
 THROUGHPUT_MPS = 1e9
 """The sandbox's phone-number throughput: far above anything this client reaches."""
+RESILIENCE_SETTINGS: dict[str, Any] = {"rate_limit": {"enabled": False}}
+"""``[plugins.resilience]`` of the pipeline: the recommended profile without its deliberate throttling."""
 PIPELINE = "pipeline"
 BARE = "bare"
 START_TIMEOUT_S = 30.0
@@ -315,23 +326,24 @@ def make_messages(content: Template, count: int) -> list[Message]:
 
 
 def make_service(url: str) -> OmniChannelService:
-    """The service as an application configures it: installed plugins, the whatsapp plugin on the sandbox."""
+    """The service as an application configures it: installed plugins, the whatsapp plugin on the
+    sandbox; resilience, if installed, with its default profile but no rate limits (see the module)."""
     defaults = SandboxSettings()
-    config = ServiceConfig(
-        plugins={
-            "whatsapp": PluginSettings(
-                settings={
-                    "base_url": url,
-                    "phone_number_id": defaults.phone_number_id,
-                    "waba_id": defaults.waba_id,
-                    "access_token": defaults.access_token,
-                    "app_secret": defaults.app_secret,
-                    "check_templates": True,
-                }
-            )
-        }
-    )
-    return OmniChannelService(config)
+    plugins = {
+        "whatsapp": PluginSettings(
+            settings={
+                "base_url": url,
+                "phone_number_id": defaults.phone_number_id,
+                "waba_id": defaults.waba_id,
+                "access_token": defaults.access_token,
+                "app_secret": defaults.app_secret,
+                "check_templates": True,
+            }
+        )
+    }
+    if "resilience" in {e.name for e in entry_points(group="omnichannel")}:
+        plugins["resilience"] = PluginSettings(settings=RESILIENCE_SETTINGS)
+    return OmniChannelService(ServiceConfig(plugins=plugins))
 
 
 @attrs.define
@@ -557,6 +569,7 @@ async def measure(plan: Plan, sandbox: SandboxProcess) -> tuple[list[Row], dict[
         service, clients, control, content = r.service, r.clients, r.control, r.content
         context = {
             "plugins": [p.name for p in service.plugins() if not p.builtin],
+            "resilience_settings": RESILIENCE_SETTINGS if "resilience" in service.config.plugins else None,
             "max_connections": service.config.http.max_connections,
             "template": {"name": content.name, "language": content.language},
             "account_templates": r.account_templates,
@@ -642,6 +655,8 @@ def print_table(
         f"({context['template']['language']}) of {context['account_templates']} on the account; "
         f"connector limit {context['max_connections']}"
     )
+    if context["resilience_settings"] is not None:
+        print(f"[plugins.resilience] {context['resilience_settings']} (the recommended profile otherwise)")
     print()
     header = (
         f"{'c':>4} {'latency':>7}  {'mode':<8} {'n':>6} {'msgs/s':>8} {'ratio':>6} "

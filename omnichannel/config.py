@@ -36,6 +36,7 @@ from .errors import ConfigError
 from .serde import EnvStr, InvalidField, InvalidValue, Secret, _kind, format_errors, make_converter
 
 __all__ = [
+    "AmqpConfig",
     "HttpConfig",
     "PluginSettings",
     "ServerConfig",
@@ -103,6 +104,45 @@ class ServerConfig:
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive)
 
 
+def _delays(_: object, attribute: attrs.Attribute[Any], value: tuple[float, ...]) -> None:
+    if not value or any(d <= 0 for d in value):
+        raise InvalidField(attribute.name, f"must be a non-empty list of numbers > 0, got {list(value)}")
+
+
+def _default_dlq(config: AmqpConfig) -> str:
+    return f"{config.queue}.dlq"
+
+
+@attrs.frozen
+class AmqpConfig:
+    """``[amqp]``: the RabbitMQ broker that carries commands to ``omnichannel worker`` processes.
+
+    :param url: the broker, ``amqp://user:password@host:5672/vhost``; a secret (the password
+        is never printed; logs show it without user and password).
+    :param queue: the durable queue commands are published to and workers consume.
+    :param prefetch: messages the broker hands one worker before it acks any.
+    :param concurrency: commands one worker runs at once.
+    :param delays: seconds a deferred message waits, by delivery (1st failure: the first
+        step, ...; the last step repeats); a provider's ``retry_after`` picks the first step
+        that is at least as long. Each step is a queue ``<queue>.delay.<milliseconds>``.
+    :param dead_letter_queue: where messages that cannot be sent go (default ``<queue>.dlq``).
+    :param max_deliveries: deliveries of one message before a transient failure dead-letters it.
+    :param lease_s: how long a worker holds a message's idempotency key while it sends.
+    :param stop_timeout_s: how long a stopping worker lets in-flight messages finish before it
+        returns them to the queue.
+    """
+
+    url: Secret = attrs.field(factory=lambda: Secret("amqp://guest:guest@127.0.0.1:5672/"))
+    queue: str = attrs.field(default="omnichannel.commands", validator=attrs.validators.min_len(1))
+    prefetch: int = attrs.field(default=20, validator=_positive)
+    concurrency: int = attrs.field(default=10, validator=_positive)
+    delays: tuple[float, ...] = attrs.field(default=(5.0, 30.0, 120.0, 600.0, 1800.0), validator=_delays)
+    dead_letter_queue: str = attrs.field(default=attrs.Factory(_default_dlq, takes_self=True))
+    max_deliveries: int = attrs.field(default=5, validator=_positive)
+    lease_s: float = attrs.field(default=600.0, validator=_positive)
+    stop_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+
+
 @attrs.frozen
 class PluginSettings:
     """One ``[plugins.<name>]`` section: the generic keys and the plugin's raw settings."""
@@ -126,6 +166,8 @@ class ServiceConfig:
     :param trace_plugins: log every hook call.
     :param key_store: where idempotency keys live: ``sqlite:///path`` (a file, the default),
         ``redis://...`` (shared by every worker) or ``memory://`` (this process only).
+    :param amqp: the ``[amqp]`` broker (``AmqpConfig``); when set, ``service.bus`` publishes
+        commands to it for ``omnichannel worker`` instead of running them in this process.
     """
 
     default_route: tuple[str, ...] = ()
@@ -137,6 +179,7 @@ class ServiceConfig:
     key_store: str = "sqlite:///omnichannel-keys.sqlite3"
     http: HttpConfig = attrs.field(factory=HttpConfig)
     server: ServerConfig = attrs.field(factory=ServerConfig)
+    amqp: AmqpConfig | None = None
     plugins: Mapping[str, PluginSettings] = attrs.field(factory=dict)
 
     def blocked_plugins(self) -> frozenset[str]:

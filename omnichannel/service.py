@@ -219,9 +219,14 @@ class OmniChannelService:
     def bus(self) -> CommandBus:
         """The command bus, with the built-in and the plugins' command handlers."""
         if self._bus is None:
-            from .commands import CommandBus
+            from .commands import CommandBus, Transport
 
-            self._bus = CommandBus(self)
+            transport: Transport | None = None
+            if self.config.amqp is not None:  # commands go to the broker, for `omnichannel worker`
+                from .amqp import AmqpTransport
+
+                transport = AmqpTransport(self.config.amqp)
+            self._bus = CommandBus(self, transport)
         return self._bus
 
     def command_handlers(self) -> dict[type, Any]:
@@ -288,6 +293,9 @@ class OmniChannelService:
         self._state = "stopping"  # no new sends; plugins still have the HTTP session
         await self._shutdown_plugins()
         await self._close_http()
+        close = getattr(self._bus.transport if self._bus is not None else None, "close", None)
+        if close is not None:
+            await close()  # a broker transport's connection
         self._state = "stopped"
         if self._undo_trace is not None:
             self._undo_trace()

@@ -340,6 +340,7 @@ def test_config_show(run):
         "strict_plugins": False,
         "trace_plugins": False,
         "key_store": "sqlite:///omnichannel-keys.sqlite3",
+        "amqp": None,
     }
 
 

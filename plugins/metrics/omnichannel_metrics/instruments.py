@@ -56,6 +56,8 @@ class Instruments:
         self.registry = CollectorRegistry()
         self._service = service
         self._codes: dict[str, set[str]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._event_counts: dict[type[Event], Any] = {}
         p = config.prefix
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
@@ -150,14 +152,26 @@ class Instruments:
 
     def observe_send(self, channel: str, outcome: str, seconds: float) -> None:
         """One logical send took ``seconds`` and ended ``sent`` or ``failed``."""
-        self.duration.labels(channel, outcome).observe(seconds)
+        self._child(self.duration, channel, outcome).observe(seconds)
 
     def record(self, event: Event) -> None:
         """Count ``event`` and move the metrics it concerns."""
-        self.events.labels(type(event).__name__).inc()
-        handler = self._handlers.get(type(event))
+        kind = type(event)
+        counted = self._event_counts.get(kind)
+        if counted is None:
+            counted = self._event_counts[kind] = self.events.labels(kind.__name__)
+        counted.inc()
+        handler = self._handlers.get(kind)
         if handler is not None:
             handler(event)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: prometheus-client's look-up costs a microsecond a call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def code(self, channel: str, code: object) -> str:
         """The label value of a provider code: itself, ``''`` for none, ``other`` past ``max_codes``."""
@@ -184,25 +198,25 @@ class Instruments:
 
     def _sent(self, event: MessageSent) -> None:
         channel, sender = self._labels(event)
-        self.sent.labels(channel, sender).inc()
-        self.attempts.labels(channel).inc(event.receipt.attempts)
+        self._child(self.sent, channel, sender).inc()
+        self._child(self.attempts, channel).inc(event.receipt.attempts)
 
     def _failed(self, event: DeliveryFailed) -> None:
         receipt, error = event.receipt, event.receipt.error
         channel, sender = self._labels(event)
         kind = error.kind if error is not None else "DeliveryError"
         code = self.code(channel, error.code if error is not None else None)
-        self.failed.labels(channel, sender, kind, code).inc()
+        self._child(self.failed, channel, sender, kind, code).inc()
         if receipt.attempts:
-            self.attempts.labels(channel).inc(receipt.attempts)
+            self._child(self.attempts, channel).inc(receipt.attempts)
 
     def _status(self, event: StatusChanged) -> None:
-        self.statuses.labels(event.channel, str(event.status)).inc()
+        self._child(self.statuses, event.channel, str(event.status)).inc()
         if event.error is not None:
             self.status_failures.labels(event.channel, self.code(event.channel, event.error.code)).inc()
 
     def _retry(self, event: RetryScheduled) -> None:
-        self.retries.labels(event.channel, event.error.kind).inc()
+        self._child(self.retries, event.channel, event.error.kind).inc()
 
     def _breaker(self, event: CircuitStateChanged) -> None:
         self.breaker_state.labels(event.channel, event.sender).set(BREAKER_STATES.get(event.current, 0))

@@ -1,0 +1,122 @@
+"""The dead-letter queue: list, retry (back to the main queue, same body and key) and purge.
+
+Listing and retrying read the queue without acking what they keep: closing the channel
+returns those messages to the queue, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .transport import AmqpTransport
+from .worker import DLQ_HEADERS
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage
+
+    from ..config import AmqpConfig
+
+__all__ = ["DeadLetter", "list_dead_letters", "purge_dead_letters", "retry_dead_letters"]
+
+
+@attrs.frozen
+class DeadLetter:
+    """One message of the dead-letter queue."""
+
+    message_id: str | None
+    reason: str | None
+    error: str | None
+    code: int | str | None
+    deliveries: int
+    command: str | None
+    """The command's wire name (``send_message``), when the body is a command envelope."""
+    body: str
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _dead_letter(incoming: AbstractIncomingMessage) -> DeadLetter:
+    headers = dict(incoming.headers or {})
+    body = incoming.body.decode(errors="replace")
+    try:
+        envelope = json.loads(body)
+        command = envelope.get("command") if isinstance(envelope, dict) else None
+    except ValueError:
+        command = None
+    code = headers.get("x-code")
+    deliveries = headers.get("x-deliveries")
+    return DeadLetter(
+        incoming.message_id,
+        _text(headers.get("x-reason")),
+        _text(headers.get("x-error")),
+        code if isinstance(code, int) else _text(code),
+        deliveries if isinstance(deliveries, int) else 0,
+        command if isinstance(command, str) else None,
+        body,
+    )
+
+
+async def _drain(transport: AmqpTransport, limit: int | None) -> list[AbstractIncomingMessage]:
+    """Get (without acking) up to ``limit`` messages of the dead-letter queue."""
+    await transport.declare(transport.config.dead_letter_queue)
+    channel = await transport.channel()
+    queue = await channel.get_queue(transport.config.dead_letter_queue, ensure=False)
+    messages: list[AbstractIncomingMessage] = []
+    while limit is None or len(messages) < limit:
+        incoming = await queue.get(no_ack=False, fail=False)
+        if incoming is None:
+            break
+        messages.append(incoming)
+    return messages
+
+
+async def list_dead_letters(config: AmqpConfig, *, limit: int | None = None) -> list[DeadLetter]:
+    """The messages of the dead-letter queue, oldest first (they stay in the queue).
+
+    :raises CommandError: when the broker cannot be reached.
+    """
+    async with AmqpTransport(config) as transport:
+        return [_dead_letter(m) for m in await _drain(transport, limit)]
+
+
+async def retry_dead_letters(config: AmqpConfig, ids: Collection[str] | None = None) -> list[str]:
+    """Move dead letters back to the main queue: those whose message id is in ``ids``, or all.
+
+    The body is unchanged (so is the idempotency key: a message sent meanwhile is not sent
+    again); the dead-letter headers are dropped and the delivery count starts again.
+
+    :return: the ids of the messages moved.
+    :raises CommandError: when the broker cannot be reached.
+    """
+    moved: list[str] = []
+    async with AmqpTransport(config) as transport:
+        await transport.declare(config.queue)
+        for incoming in await _drain(transport, None):
+            if ids is not None and incoming.message_id not in ids:
+                continue
+            headers: dict[str, Any] = {
+                k: v for k, v in (incoming.headers or {}).items() if k not in (*DLQ_HEADERS, "x-deliveries")
+            }
+            message_id = incoming.message_id or ""
+            await transport.publish(incoming.body, queue=config.queue, message_id=message_id, headers=headers)
+            await incoming.ack()
+            moved.append(message_id)
+    return moved
+
+
+async def purge_dead_letters(config: AmqpConfig) -> int:
+    """Delete every message of the dead-letter queue; return how many there were."""
+    async with AmqpTransport(config) as transport:
+        await transport.declare(config.dead_letter_queue)
+        channel = await transport.channel()
+        queue = await channel.get_queue(config.dead_letter_queue, ensure=False)
+        result = await queue.purge()
+        return int(result.message_count or 0)
