@@ -16,6 +16,7 @@ by a second runner at the same time) never sends a key twice. See ``docs/campaig
 
 from __future__ import annotations
 
+from .publish import publish_campaign
 from .report import REPORT_COLUMNS, ReportWriter
 from .runner import (
     Campaign,
@@ -61,6 +62,7 @@ __all__ = [
     "campaign_key",
     "default_campaign_id",
     "default_owner",
+    "publish_campaign",
     "read_rows",
     "run_campaign",
 ]

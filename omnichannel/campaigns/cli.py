@@ -10,12 +10,14 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import ConfigError, OmniChannelError
 from ..idempotency import KeyStore, MemoryKeyStore
+from .publish import publish_campaign
 from .report import ReportWriter
 from .runner import Campaign, CampaignSummary, Outcome, Progress, default_campaign_id, run_campaign
 from .sources import ContentSpec, SourceError, TemplateSpec, TextSpec, read_rows
@@ -108,25 +110,30 @@ async def _run(
     column: str,
     report_path: str,
     rich: _RichProgress | None,
+    queue: bool = False,
 ) -> CampaignSummary:
-    """Start the service, open the key store (not for a dry run) and run the campaign."""
+    """Start the service, open the key store (not for a dry run, nor to publish to the queue)
+    and run (or publish) the campaign."""
     with read_rows(path, format=fmt, recipient_column=column) as rows, ReportWriter(report_path) as report:
         async with service:
-            # A dry run claims nothing: it needs no store (and creates no file).
+            # A dry run claims nothing, and the workers claim what is published: no store
+            # (and no file created).
             keys = (
                 MemoryKeyStore()
-                if campaign_.dry_run
+                if campaign_.dry_run or queue
                 else open_key_store(service.config.key_store, service.clock)
             )
+
+            async def go(progress: Callable[[Progress], None]) -> CampaignSummary:
+                if queue:
+                    return await publish_campaign(service, campaign_, rows, progress=progress, report=report)
+                return await run_campaign(service, campaign_, rows, keys, progress=progress, report=report)
+
             try:
                 if rich is None:
-                    return await run_campaign(
-                        service, campaign_, rows, keys, progress=_PlainProgress(), report=report
-                    )
+                    return await go(_PlainProgress())
                 with rich as (bar, callback):
-                    summary = await run_campaign(
-                        service, campaign_, rows, keys, progress=callback, report=report
-                    )
+                    summary = await go(callback)
                     bar.update(bar.task_ids[0], total=summary.total, completed=summary.total)
                     return summary
             finally:
@@ -185,6 +192,10 @@ def _print_summary(summary: CampaignSummary, report_path: str, rich: bool) -> No
         click.echo(f"{summary.total} rows in {summary.elapsed_s:.1f} s")
         for name, count in rows:
             click.echo(f"  {name:<14}{count:>10}")
+    if summary.count(Outcome.PUBLISHED):
+        click.echo(
+            "published to the command queue: `omnichannel worker` sends them (see `omnichannel dlq list`)"
+        )
     if summary.problems:
         rows_text = "1 row" if summary.problems == 1 else f"{summary.problems} rows"
         click.echo(f"report: {report_path} ({rows_text} not sent, with the reason)")
@@ -238,6 +249,12 @@ def _print_summary(summary: CampaignSummary, report_path: str, rich: bool) -> No
     is_flag=True,
     help="Also send recipients whose earlier attempt may have reached the provider (possible duplicates).",
 )
+@click.option(
+    "--queue",
+    is_flag=True,
+    help="Publish one SendMessage per row to the [amqp] command queue (confirmed) for "
+    "`omnichannel worker` processes to send, instead of sending here.",
+)
 def send_command(
     file: str,
     template: str | None,
@@ -253,12 +270,14 @@ def send_command(
     recipient_column: str,
     fmt: str | None,
     resend_uncertain: bool,
+    queue: bool,
 ) -> None:
     """Send a message to every recipient of FILE (CSV with a header row, or JSON Lines).
 
     Each message's idempotency key is <campaign id>:<recipient>; a key already sent is never
     sent again, so running the same command again after a crash or an interruption resumes
-    the campaign where it stopped.
+    the campaign where it stopped. With --queue the rows are published to the [amqp] queue
+    and `omnichannel worker` processes send them, checking the same keys.
     """
     from ..cli import service_from_context  # here: omnichannel.cli imports this module
 
@@ -274,10 +293,16 @@ def send_command(
     )
     report_path = report_path or os.path.join(".", f"{campaign_id}-report.csv")
     service = service_from_context()
+    if queue and service.config.amqp is None:
+        raise click.UsageError(
+            "--queue needs the command queue: add an [amqp] table (url = ...) or set OMNICHANNEL_AMQP__URL"
+        )
+    if queue and resend_uncertain:
+        raise click.UsageError("--resend-uncertain cannot go with --queue (the workers do not resend)")
     rich = _use_rich()
     bar = _RichProgress(_estimate_rows(file)) if rich else None
     try:
-        summary = asyncio.run(_run(service, settings, file, fmt, recipient_column, report_path, bar))
+        summary = asyncio.run(_run(service, settings, file, fmt, recipient_column, report_path, bar, queue))
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {_resume_hint(campaign_id)}", err=True)
         raise click.Abort() from None

@@ -52,7 +52,9 @@ __all__ = [
     "campaign_key",
     "default_campaign_id",
     "default_owner",
+    "row_message",
     "run_campaign",
+    "run_rows",
 ]
 
 log = logging.getLogger("omnichannel.campaigns")
@@ -77,11 +79,13 @@ class Outcome(enum.StrEnum):
     """An earlier attempt may have reached the provider: not resent unless ``resend_uncertain``."""
     IN_FLIGHT = "in_flight"
     """Another runner holds its key right now: left to that runner."""
+    PUBLISHED = "published"
+    """Published to the command queue (``publish_campaign``): a worker sends it."""
 
     @property
     def ok(self) -> bool:
         """Whether the row needs no attention (it is, was or would be sent)."""
-        return self in (Outcome.SENT, Outcome.ALREADY_SENT, Outcome.VALID)
+        return self in (Outcome.SENT, Outcome.ALREADY_SENT, Outcome.VALID, Outcome.PUBLISHED)
 
 
 _REFUSED = {
@@ -247,6 +251,27 @@ async def run_campaign(
     :return: the counts per outcome.
     :raises Exception: what the key store raised: the campaign stops; run it again to resume.
     """
+
+    async def handle(row: Row) -> RowResult:
+        return await _run_row(service, campaign, row, keys)
+
+    return await run_rows(service, campaign, rows, handle, progress=progress, report=report)
+
+
+async def run_rows(
+    service: OmniChannelService,
+    campaign: Campaign,
+    rows: Iterable[Row] | AsyncIterable[Row],
+    handle: Callable[[Row], Awaitable[RowResult]],
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    report: ResultSink | None = None,
+) -> CampaignSummary:
+    """``handle`` every row with ``concurrency`` workers; count, report and show the progress.
+
+    The pool of ``run_campaign`` and ``publish_campaign``: an exception of ``handle`` stops the
+    other workers (each may settle its row first) and is raised.
+    """
     limit = campaign.concurrency or service.config.send_concurrency
     clock = service.clock
     started = clock.monotonic()
@@ -260,7 +285,7 @@ async def run_campaign(
     async def worker() -> None:
         nonlocal done
         while (row := await pull()) is not None:
-            result = await _run_row(service, campaign, row, keys)
+            result = await handle(row)
             counts[result.outcome] += 1
             done += 1
             if report is not None:
@@ -296,7 +321,10 @@ def _invalid(row: Row, detail: str, error: str = "invalid_row") -> RowResult:
     return RowResult(row.line, row.recipient, Outcome.INVALID, error, None, detail)
 
 
-async def _run_row(service: OmniChannelService, campaign: Campaign, row: Row, keys: KeyStore) -> RowResult:
+def row_message(service: OmniChannelService, campaign: Campaign, row: Row) -> Message | RowResult:
+    """The row's message (key ``<campaign_id>:<recipient>``), checked by ``service.check``; or,
+    when the row cannot become a message, its ``invalid`` (or ``failed``: a broken check) result.
+    """
     if row.error is not None:
         return _invalid(row, row.error)
     if row.recipient is None:
@@ -321,8 +349,16 @@ async def _run_row(service: OmniChannelService, campaign: Campaign, row: Row, ke
         return RowResult(row.line, row.recipient, Outcome.FAILED, type(exc).__name__, None, _one_line(exc))
     if problems:
         return _invalid(row, "; ".join(problems), "MessageValidationError")
+    return message
+
+
+async def _run_row(service: OmniChannelService, campaign: Campaign, row: Row, keys: KeyStore) -> RowResult:
+    message = row_message(service, campaign, row)
+    if isinstance(message, RowResult):
+        return message
     if campaign.dry_run:
         return RowResult(row.line, row.recipient, Outcome.VALID)
+    key = message.key
     owner = campaign.owner
     claim = await keys.claim(
         key, owner=owner, lease_s=campaign.lease_s, resend_uncertain=campaign.resend_uncertain
