@@ -3,7 +3,9 @@
 One table, ``idempotency_keys``, one row per key; times are UTC epoch milliseconds. A claim is
 one ``BEGIN IMMEDIATE`` transaction (read, expired lease → ``uncertain``, grant), so two processes
 claiming the same key through the same file cannot both be granted. The file is in WAL mode with
-``synchronous=FULL``: a ``sent`` row survives a crash or a power cut once ``complete`` returns.
+``synchronous=NORMAL``: a ``sent`` row survives a crash of the process once ``complete``
+returns (a power cut may lose the last commits; the WAL keeps the file consistent). A claim of a
+key never seen is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (one round trip).
 """
 
 from __future__ import annotations
@@ -107,6 +109,26 @@ class SqliteKeyStore:
 
         async def run(db: aiosqlite.Connection) -> Claim:
             now = to_ms(self._clock.now())
+            # A key never seen (a campaign's every row): one atomic statement, one round trip.
+            fresh: Row = (
+                key,
+                KeyState.IN_FLIGHT.value,
+                owner,
+                1,
+                now,
+                now + round(lease_s * 1000),
+                None,
+                None,
+                None,
+            )
+            async with db.execute(
+                f"INSERT INTO idempotency_keys ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (key) DO NOTHING RETURNING key",
+                fresh,
+            ) as cursor:
+                if await cursor.fetchone() is not None:
+                    return Claim(True, _record(fresh))
+            # The key exists: decide under the write lock.
             try:
                 await db.execute("BEGIN IMMEDIATE")
                 claim = await self._claim(db, key, owner, now, round(lease_s * 1000), resend_uncertain)
@@ -227,7 +249,7 @@ class SqliteKeyStore:
         while True:
             try:
                 await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = FULL")
+                await db.execute("PRAGMA synchronous = NORMAL")
                 await db.execute(_SCHEMA)
                 return
             except sqlite3.OperationalError as exc:
