@@ -14,6 +14,7 @@ ever appears in it.
     ├── CommandError                          the command bus could not run a command
     │   └── UnknownCommandError(LookupError)  .command: no handler is registered for it
     ├── KeyStoreError                         the idempotency key store could not answer: do not send
+    ├── StoreError                            the message store could not answer or write
     ├── DeliveryError                         .channel .message_id .code .http_status .certainty .scope
     │   ├── TransientDeliveryError            may succeed if tried again (timeouts, 5xx, connection errors)
     │   │   ├── RateLimitedError              .retry_after: the provider asked us to slow down
@@ -49,6 +50,7 @@ __all__ = [
     "RateLimitedError",
     "SenderUnavailableError",
     "ServiceStateError",
+    "StoreError",
     "TransientDeliveryError",
     "UnknownChannelError",
     "UnknownCommandError",
@@ -158,6 +160,10 @@ class CommandError(OmniChannelError):
 
 class KeyStoreError(OmniChannelError):
     """The idempotency key store could not answer (unreachable, locked, closed): the caller must not send."""
+
+
+class StoreError(OmniChannelError):
+    """The message store could not answer (unreachable, locked, closed, a broken schema)."""
 
 
 class UnknownCommandError(CommandError, LookupError):

@@ -1,0 +1,332 @@
+"""The message store in PostgreSQL (production), through an asyncpg pool created on first use.
+
+Every write is one transaction. A status takes a transaction-scoped advisory lock on its
+(channel, provider message id) and then the message's row (``SELECT ... FOR UPDATE``); a send
+with a provider id takes the same advisory lock first, so a status that outruns its send is either
+seen by the send (pending) or finds the committed message. Migrations run under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..clock import Clock, SystemClock
+from ..errors import StoreError
+from ..idempotency.factory import safe_url
+from ..message import DeliveryStatus
+from . import MessageRecord, StatusEntry
+from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
+from .status import fold_all
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["PostgresMessageStore", "check_schema"]
+
+T = TypeVar("T")
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_MIGRATION_LOCK = 0x6F6D6E69  # advisory lock class ids ("omni", "stat"), keyed by hashtext(...)
+_STATUS_LOCK = 0x73746174
+_ENTRY_COLUMNS = "status, occurred_at, error_code, error_detail"
+_PENDING_COLUMNS = f"channel, provider_message_id, {_ENTRY_COLUMNS}, received_at"
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` if it is a plain lower-case identifier; else :class:`ValueError`."""
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"schema {schema!r} must be a lower-case identifier ([a-z_][a-z0-9_]*, 63 at most)")
+    return schema
+
+
+class PostgresMessageStore:
+    """A :class:`~omnichannel.store.MessageStore` in PostgreSQL.
+
+    :param dsn: the ``postgresql://`` URL (asyncpg's options allowed).
+    :param clock: the time of ``created_at``/``updated_at``.
+    :param schema: put the tables in this schema (created by :meth:`upgrade`); default: the
+        connection's ``search_path`` (usually ``public``).
+    :param pool_size: the most connections the pool opens.
+    :param connect_timeout_s: how long opening a connection may take.
+    :raises StoreError: from any method, when PostgreSQL cannot answer.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        clock: Clock | None = None,
+        schema: str | None = None,
+        pool_size: int = 10,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = None if schema is None else check_schema(schema)
+        self._clock: Clock = clock or SystemClock()
+        self._pool_size = pool_size
+        self._connect_timeout_s = connect_timeout_s
+        self._pool: Any = None
+        self._closed = False
+        self._opening = asyncio.Lock()
+        self._asyncpg: Any = importlib.import_module("asyncpg")
+
+    def __repr__(self) -> str:
+        return f"<PostgresMessageStore {safe_url(self.dsn)!r} schema={self.schema!r}>"
+
+    async def upgrade(self) -> int:
+        """Apply the missing migrations (one transaction, advisory lock); return the version."""
+        await self._connected()
+        return await self._run("upgrade", self._migrate)
+
+    async def record_send(
+        self,
+        *,
+        message_id: str,
+        channel: str,
+        status: DeliveryStatus,
+        at: datetime,
+        recipient: str | None = None,
+        provider_message_id: str | None = None,
+        template: str | None = None,
+        language: str | None = None,
+        error_kind: str | None = None,
+        error_code: str | None = None,
+        error_detail: str | None = None,
+    ) -> None:
+        """See :meth:`MessageStore.record_send`."""
+
+        async def run(conn: Any) -> None:
+            now = self._clock.now()
+            if provider_message_id is not None:
+                await self._lock_status(conn, channel, provider_message_id)
+            await conn.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) "
+                "VALUES ($1,$2,$3,$4,$4,$5,$6,$7,$8,$9,NULL,NULL,NULL,NULL,NULL,NULL,NULL) "
+                "ON CONFLICT (message_id) DO UPDATE SET "
+                "recipient = coalesce(excluded.recipient, messages.recipient), "
+                "provider_message_id = coalesce(excluded.provider_message_id, messages.provider_message_id), "
+                "template = coalesce(excluded.template, messages.template), "
+                "language = coalesce(excluded.language, messages.language), "
+                "error_kind = coalesce(excluded.error_kind, messages.error_kind)",
+                message_id,
+                channel,
+                status.value,
+                now,
+                recipient,
+                provider_message_id,
+                template,
+                language,
+                error_kind,
+            )
+            await self._append(conn, message_id, StatusEntry(status, at, error_code, error_detail))
+            if provider_message_id is not None:
+                await conn.execute(
+                    f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) "
+                    f"SELECT $1, {_ENTRY_COLUMNS} FROM pending_statuses "
+                    "WHERE channel = $2 AND provider_message_id = $3 ON CONFLICT DO NOTHING",
+                    message_id,
+                    channel,
+                    provider_message_id,
+                )
+                await conn.execute(
+                    "DELETE FROM pending_statuses WHERE channel = $1 AND provider_message_id = $2",
+                    channel,
+                    provider_message_id,
+                )
+            await self._refold(conn, message_id, now)
+
+        await self._run("record_send", run, write=True)
+
+    async def record_status(
+        self,
+        *,
+        channel: str,
+        provider_message_id: str,
+        status: DeliveryStatus,
+        at: datetime,
+        message_id: str | None = None,
+        error_code: str | None = None,
+        error_detail: str | None = None,
+    ) -> None:
+        """See :meth:`MessageStore.record_status`."""
+
+        async def run(conn: Any) -> None:
+            now = self._clock.now()
+            await self._lock_status(conn, channel, provider_message_id)
+            found = None
+            if message_id is not None:
+                found = await conn.fetchval(
+                    "SELECT message_id FROM messages WHERE message_id = $1 FOR UPDATE", message_id
+                )
+            if found is None:
+                found = await conn.fetchval(
+                    "SELECT message_id FROM messages WHERE channel = $1 AND provider_message_id = $2 "
+                    "ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
+                    channel,
+                    provider_message_id,
+                )
+            if found is None:
+                await conn.execute(
+                    f"INSERT INTO pending_statuses ({_PENDING_COLUMNS}) "
+                    "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
+                    channel,
+                    provider_message_id,
+                    status.value,
+                    at,
+                    error_code,
+                    error_detail,
+                    now,
+                )
+                return
+            await self._append(conn, found, StatusEntry(status, at, error_code, error_detail))
+            await self._refold(conn, found, now)
+
+        await self._run("record_status", run, write=True)
+
+    async def get(self, message_id: str) -> MessageRecord | None:
+        """See :meth:`MessageStore.get`."""
+
+        async def run(conn: Any) -> MessageRecord | None:
+            row = await conn.fetchrow(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = $1", message_id
+            )
+            if row is None:
+                return None
+            values = list(row)
+            values[2] = DeliveryStatus(values[2])
+            return MessageRecord(*values)
+
+        return await self._run("get", run)
+
+    async def history(self, message_id: str) -> list[StatusEntry]:
+        """See :meth:`MessageStore.history`."""
+        return await self._run("history", lambda conn: self._entries(conn, message_id))
+
+    async def close(self) -> None:
+        """Close the pool; the store cannot be used afterwards."""
+        async with self._opening:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _lock_status(conn: Any, channel: str, provider_message_id: str) -> None:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            _STATUS_LOCK,
+            f"{channel}\n{provider_message_id}",
+        )
+
+    @staticmethod
+    async def _entries(conn: Any, message_id: str) -> list[StatusEntry]:
+        rows = await conn.fetch(
+            f"SELECT {_ENTRY_COLUMNS} FROM message_statuses WHERE message_id = $1 ORDER BY occurred_at, id",
+            message_id,
+        )
+        return [StatusEntry(DeliveryStatus(row[0]), row[1], row[2], row[3]) for row in rows]
+
+    @staticmethod
+    async def _append(conn: Any, message_id: str, entry: StatusEntry) -> None:
+        await conn.execute(
+            f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5) "
+            "ON CONFLICT DO NOTHING",
+            message_id,
+            entry.status.value,
+            entry.occurred_at,
+            entry.error_code,
+            entry.error_detail,
+        )
+
+    async def _refold(self, conn: Any, message_id: str, now: datetime) -> None:
+        """Fold the message's whole history again (a handful of rows) and write the result."""
+        state = fold_all(await self._entries(conn, message_id))
+        assert state.status is not None
+        await conn.execute(
+            "UPDATE messages SET status = $1, accepted_at = $2, sent_at = $3, delivered_at = $4, "
+            "read_at = $5, failed_at = $6, error_code = $7, error_detail = $8, updated_at = $9 "
+            "WHERE message_id = $10",
+            state.status.value,
+            state.accepted_at,
+            state.sent_at,
+            state.delivered_at,
+            state.read_at,
+            state.failed_at,
+            state.error_code,
+            state.error_detail,
+            now,
+            message_id,
+        )
+
+    async def _migrate(self, conn: Any) -> int:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, self.schema or "public"
+            )
+            if self.schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(SCHEMA_VERSION_TABLE["postgres"])
+            version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+            for migration in pending(version):
+                for statement in migration.postgres:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", migration.version)
+                version = migration.version
+        return version
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (OSError, self._asyncpg.PostgresError, self._asyncpg.InterfaceError)
+
+    async def _run(self, operation: str, run: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+        """``run`` on a pooled connection (in a transaction if ``write``); errors become StoreError."""
+        pool = await self._connected()
+        try:
+            async with pool.acquire() as conn:
+                if not write:
+                    return await run(conn)
+                async with conn.transaction():
+                    return await run(conn)
+        except self._errors() as exc:
+            raise StoreError(
+                f"message store {safe_url(self.dsn)!r}: {operation} failed ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    async def _connected(self) -> Any:
+        """The pool; the first call creates it and migrates the schema."""
+        async with self._opening:
+            if self._pool is not None:
+                return self._pool
+            if self._closed:
+                raise StoreError(f"message store {safe_url(self.dsn)!r} is closed")
+            settings = {} if self.schema is None else {"search_path": self.schema}
+            try:
+                pool = await self._asyncpg.create_pool(
+                    self.dsn,
+                    min_size=0,
+                    max_size=self._pool_size,
+                    timeout=self._connect_timeout_s,
+                    server_settings=settings,
+                )
+            except self._errors() as exc:
+                raise StoreError(
+                    f"message store {safe_url(self.dsn)!r} cannot be opened ({type(exc).__name__}: {exc})"
+                ) from exc
+            try:
+                async with pool.acquire() as conn:
+                    await self._migrate(conn)
+            except BaseException as exc:
+                await pool.close()
+                if isinstance(exc, self._errors()):
+                    raise StoreError(
+                        f"message store {safe_url(self.dsn)!r} cannot be opened or migrated "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
+                raise
+            self._pool = pool
+            return pool

@@ -1,0 +1,352 @@
+"""The message store in a SQLite file (the embedded default), shared by the processes that open it.
+
+Times are UTC epoch milliseconds. Every write is one ``BEGIN IMMEDIATE`` transaction, so two
+processes never fold the same message at once; the file is in WAL mode. The schema is migrated
+when the file is first opened (and by :meth:`SqliteMessageStore.upgrade`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiosqlite
+
+from ..clock import Clock, SystemClock
+from ..errors import StoreError
+from ..idempotency.sqlite import from_ms, to_ms
+from ..message import DeliveryStatus
+from . import MessageRecord, StatusEntry
+from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
+from .status import fold_all
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["SqliteMessageStore"]
+
+T = TypeVar("T")
+
+_ENTRY_COLUMNS = "status, occurred_at, error_code, error_detail"
+_PENDING_COLUMNS = f"channel, provider_message_id, {_ENTRY_COLUMNS}, received_at"
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else to_ms(moment)
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else from_ms(ms)
+
+
+def _entry(row: Any) -> StatusEntry:
+    return StatusEntry(DeliveryStatus(row[0]), from_ms(row[1]), row[2], row[3])
+
+
+def _record(row: Any) -> MessageRecord:
+    (mid, channel, status, created, updated, *texts) = row[:12]
+    times = [_dt(value) for value in row[12:]]
+    return MessageRecord(
+        mid, channel, DeliveryStatus(status), from_ms(created), from_ms(updated), *texts, *times
+    )
+
+
+class SqliteMessageStore:
+    """A :class:`~omnichannel.store.MessageStore` in a SQLite file.
+
+    :param path: the file; it and its folder are created on first use.
+    :param clock: the time of ``created_at``/``updated_at``.
+    :param busy_timeout_s: how long a statement waits for another process's write lock.
+    :raises StoreError: from any method, when the file cannot be opened or stays locked.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Clock | None = None, busy_timeout_s: float = 5.0
+    ) -> None:
+        self.path = os.fspath(path)
+        self._clock: Clock = clock or SystemClock()
+        self._busy_timeout_ms = max(0, round(busy_timeout_s * 1000))
+        self._db: aiosqlite.Connection | None = None
+        self._closed = False
+        self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+
+    def __repr__(self) -> str:
+        return f"<SqliteMessageStore {self.path!r}>"
+
+    async def upgrade(self) -> int:
+        """Apply the missing migrations (one ``BEGIN IMMEDIATE`` transaction); return the version."""
+        return await self._run("upgrade", self._migrate)
+
+    async def record_send(
+        self,
+        *,
+        message_id: str,
+        channel: str,
+        status: DeliveryStatus,
+        at: datetime,
+        recipient: str | None = None,
+        provider_message_id: str | None = None,
+        template: str | None = None,
+        language: str | None = None,
+        error_kind: str | None = None,
+        error_code: str | None = None,
+        error_detail: str | None = None,
+    ) -> None:
+        """See :meth:`MessageStore.record_send`."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            now = to_ms(self._clock.now())
+            await db.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,NULL,NULL,NULL,NULL,NULL,NULL,NULL) "
+                "ON CONFLICT (message_id) DO UPDATE SET "
+                "recipient = coalesce(excluded.recipient, messages.recipient), "
+                "provider_message_id = coalesce(excluded.provider_message_id, messages.provider_message_id), "
+                "template = coalesce(excluded.template, messages.template), "
+                "language = coalesce(excluded.language, messages.language), "
+                "error_kind = coalesce(excluded.error_kind, messages.error_kind)",
+                [
+                    message_id,
+                    channel,
+                    status.value,
+                    now,
+                    now,
+                    recipient,
+                    provider_message_id,
+                    template,
+                    language,
+                    error_kind,
+                ],
+            )
+            await self._append(db, message_id, StatusEntry(status, at, error_code, error_detail))
+            async with db.execute(
+                "SELECT channel, provider_message_id FROM messages WHERE message_id = ?", (message_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            if row[1] is not None:
+                await db.execute(
+                    f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) "
+                    f"SELECT ?, {_ENTRY_COLUMNS} FROM pending_statuses "
+                    "WHERE channel = ? AND provider_message_id = ? ON CONFLICT DO NOTHING",
+                    (message_id, row[0], row[1]),
+                )
+                await db.execute(
+                    "DELETE FROM pending_statuses WHERE channel = ? AND provider_message_id = ?",
+                    (row[0], row[1]),
+                )
+            await self._refold(db, message_id, now)
+
+        await self._run("record_send", run, write=True)
+
+    async def record_status(
+        self,
+        *,
+        channel: str,
+        provider_message_id: str,
+        status: DeliveryStatus,
+        at: datetime,
+        message_id: str | None = None,
+        error_code: str | None = None,
+        error_detail: str | None = None,
+    ) -> None:
+        """See :meth:`MessageStore.record_status`."""
+        entry = StatusEntry(status, at, error_code, error_detail)
+
+        async def run(db: aiosqlite.Connection) -> None:
+            now = to_ms(self._clock.now())
+            found = None
+            if message_id is not None:
+                found = await self._one(
+                    db, "SELECT message_id FROM messages WHERE message_id = ?", message_id
+                )
+            if found is None:
+                found = await self._one(
+                    db,
+                    "SELECT message_id FROM messages WHERE channel = ? AND provider_message_id = ? "
+                    "ORDER BY created_at DESC LIMIT 1",
+                    channel,
+                    provider_message_id,
+                )
+            if found is None:
+                await db.execute(
+                    f"INSERT INTO pending_statuses ({_PENDING_COLUMNS}) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (channel, provider_message_id, status.value, to_ms(at), error_code, error_detail, now),
+                )
+                return
+            await self._append(db, found, entry)
+            await self._refold(db, found, now)
+
+        await self._run("record_status", run, write=True)
+
+    async def get(self, message_id: str) -> MessageRecord | None:
+        """See :meth:`MessageStore.get`."""
+
+        async def run(db: aiosqlite.Connection) -> MessageRecord | None:
+            async with db.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?", (message_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run("get", run)
+
+    async def history(self, message_id: str) -> list[StatusEntry]:
+        """See :meth:`MessageStore.history`."""
+
+        async def run(db: aiosqlite.Connection) -> list[StatusEntry]:
+            return await self._entries(db, message_id)
+
+        return await self._run("history", run)
+
+    async def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        async with self._lock:
+            self._closed = True
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _one(db: aiosqlite.Connection, sql: str, *args: object) -> Any:
+        async with db.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    async def _entries(db: aiosqlite.Connection, message_id: str) -> list[StatusEntry]:
+        async with db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM message_statuses WHERE message_id = ? ORDER BY occurred_at, id",
+            (message_id,),
+        ) as cursor:
+            return [_entry(row) for row in await cursor.fetchall()]
+
+    @staticmethod
+    async def _append(db: aiosqlite.Connection, message_id: str, entry: StatusEntry) -> None:
+        await db.execute(
+            f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES (?,?,?,?,?) "
+            "ON CONFLICT DO NOTHING",
+            (message_id, entry.status.value, to_ms(entry.occurred_at), entry.error_code, entry.error_detail),
+        )
+
+    async def _refold(self, db: aiosqlite.Connection, message_id: str, now: int) -> None:
+        """Fold the message's whole history again (a handful of rows) and write the result."""
+        state = fold_all(await self._entries(db, message_id))
+        assert state.status is not None
+        await db.execute(
+            "UPDATE messages SET status = ?, accepted_at = ?, sent_at = ?, delivered_at = ?, read_at = ?, "
+            "failed_at = ?, error_code = ?, error_detail = ?, updated_at = ? WHERE message_id = ?",
+            [
+                state.status.value,
+                _ms(state.accepted_at),
+                _ms(state.sent_at),
+                _ms(state.delivered_at),
+                _ms(state.read_at),
+                _ms(state.failed_at),
+                state.error_code,
+                state.error_detail,
+                now,
+                message_id,
+            ],
+        )
+
+    async def _migrate(self, db: aiosqlite.Connection) -> int:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(SCHEMA_VERSION_TABLE["sqlite"])
+            version = int(await self._one(db, "SELECT coalesce(max(version), 0) FROM schema_version"))
+            for migration in pending(version):
+                for statement in migration.sqlite:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (migration.version, to_ms(self._clock.now())),
+                )
+                version = migration.version
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            raise
+        return version
+
+    async def _run(
+        self, operation: str, run: Callable[[aiosqlite.Connection], Awaitable[T]], *, write: bool = False
+    ) -> T:
+        """``run`` under the lock (in a ``BEGIN IMMEDIATE`` transaction if ``write``)."""
+        async with self._lock:
+            try:
+                db = await self._connection()
+                if db.in_transaction:  # left open by a cancelled operation
+                    await db.execute("ROLLBACK")
+                if not write:
+                    return await run(db)
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await run(db)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                    raise
+                return result
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"message store {self.path!r}: {operation} failed ({type(exc).__name__}: {exc})"
+                ) from exc
+
+    async def _set_up(self, db: aiosqlite.Connection) -> None:
+        """WAL mode (retried while another process sets the file up: SQLite does not wait for it)."""
+        give_up = asyncio.get_running_loop().time() + self._busy_timeout_ms / 1000
+        pause = 0.01
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = FULL")
+                await db.execute("PRAGMA foreign_keys = ON")
+                break
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or asyncio.get_running_loop().time() + pause > give_up:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        await self._migrate(db)
+
+    async def _connection(self) -> aiosqlite.Connection:
+        """The open connection (caller holds the lock); the first call creates and migrates the file."""
+        if self._db is not None:
+            return self._db
+        if self._closed:
+            raise StoreError(f"message store {self.path!r} is closed")
+        try:
+            if self.path != ":memory:" and not self.path.startswith("file:"):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"message store {self.path!r} cannot be opened ({type(exc).__name__}: {exc})"
+            ) from exc
+        connecting = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            db = await connecting
+        except sqlite3.Error:
+            thread = getattr(connecting, "_thread", None)  # let aiosqlite's thread finish (see idempotency)
+            if thread is not None:
+                await asyncio.to_thread(thread.join, 1.0)
+            raise
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            await self._set_up(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        return db

@@ -1,0 +1,57 @@
+"""Configuration of the message-store plugin: ``[plugins.store]``."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import attrs
+
+from omnichannel import InvalidField
+
+__all__ = ["DEFAULT_URL", "StoreConfig", "display_url"]
+
+DEFAULT_URL = "sqlite:///omnichannel-messages.sqlite3"
+"""A SQLite file in the working directory: no set-up, one process (or a few on one host)."""
+
+_MASK = "**********"
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password (if any) masked: the only form of a store URL that is printed or logged."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable store url>"  # it could hold a password we cannot find: show nothing
+    if not password:
+        return url
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{_MASK}@{host}"))
+
+
+def _url(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise InvalidField(
+            attribute.name, "must be a database URL (sqlite:///path or postgresql://user@host/db)"
+        )
+
+
+def _masked_repr(url: str) -> str:
+    return repr(display_url(url))
+
+
+@attrs.frozen
+class StoreConfig:
+    """Settings of the message-store plugin.
+
+    :param url: where messages are kept: ``sqlite:///path/to/file.sqlite3`` (the default, a file
+        in the working directory) or ``postgresql://user:password@host:5432/db``. A secret: its
+        password never shows in a repr, a log or ``omnichannel config show``.
+    :param upgrade_on_start: apply pending schema migrations when the service starts (else run
+        ``omnichannel db upgrade`` before starting).
+    """
+
+    url: str = attrs.field(default=DEFAULT_URL, validator=_url, repr=_masked_repr)
+    upgrade_on_start: bool = True

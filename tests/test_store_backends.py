@@ -1,0 +1,342 @@
+"""The message store contract, against SQLite and the real PostgreSQL, and the factory."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import pytest
+
+from omnichannel.errors import ConfigError
+from omnichannel.message import DeliveryStatus
+from omnichannel.store import StatusEntry, StoreError, open_message_store
+from omnichannel.store.migrations import LATEST
+from omnichannel.store.postgres import PostgresMessageStore
+from omnichannel.store.sqlite import SqliteMessageStore
+from omnichannel.testing import FakeClock
+
+PG_URL = os.environ.get("OMNICHANNEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+Q, A, S, D, R, F = (DeliveryStatus(s) for s in ("queued", "accepted", "sent", "delivered", "read", "failed"))
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def _pg(sql):
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL, timeout=2)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_schema():
+    """A schema of this test alone on the test PostgreSQL, dropped afterwards (skip/fail if none)."""
+    import asyncpg
+
+    try:
+        asyncio.run(_pg("SELECT 1"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        reason = f"no PostgreSQL at {PG_URL} ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so the PostgreSQL tests must run")
+        pytest.skip(f"{reason}; start one (or set OMNICHANNEL_TEST_POSTGRES_URL) to run this test")
+    schema = f"omnichannel_test_{uuid.uuid4().hex}"
+    yield schema
+    asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """How to build a store on this test's database."""
+    if request.param == "postgres":
+        schema = request.getfixturevalue("pg_schema")
+        return lambda clock: PostgresMessageStore(PG_URL, clock=clock, schema=schema, pool_size=4)
+    return lambda clock: SqliteMessageStore(tmp_path / "store" / "messages.sqlite3", clock=clock)
+
+
+@pytest.fixture
+async def make(backend):
+    """A factory of stores on one database (every call a new store, closed afterwards)."""
+    opened = []
+
+    def make_one(clock=None):
+        store = backend(clock or FakeClock(T0))
+        opened.append(store)
+        return store
+
+    yield make_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+def store(make):
+    return make()
+
+
+async def send(store, message_id="m1", status=A, seconds=0.0, pid="wamid.1", **kwargs):
+    await store.record_send(
+        message_id=message_id,
+        channel="whatsapp",
+        status=status,
+        at=at(seconds),
+        provider_message_id=pid,
+        **kwargs,
+    )
+
+
+async def status(store, status, seconds, pid="wamid.1", **kwargs):
+    await store.record_status(
+        channel="whatsapp", provider_message_id=pid, status=status, at=at(seconds), **kwargs
+    )
+
+
+async def test_queued_then_accepted_then_statuses(store):
+    await store.record_send(
+        message_id="m1", channel="whatsapp", status=Q, at=at(0), recipient="+33600000000", template="hello"
+    )
+    record = await store.get("m1")
+    assert (record.status, record.provider_message_id, record.recipient, record.template) == (
+        Q,
+        None,
+        "+33600000000",
+        "hello",
+    )
+    assert record.created_at == T0
+    await send(store, status=A, seconds=1, language="fr")
+    await status(store, S, 2)
+    await status(store, D, 3)
+    await status(store, R, 4)
+    record = await store.get("m1")
+    assert record.status is R
+    assert (record.provider_message_id, record.template, record.language) == ("wamid.1", "hello", "fr")
+    assert (record.accepted_at, record.sent_at, record.delivered_at, record.read_at) == (
+        at(1),
+        at(2),
+        at(3),
+        at(4),
+    )
+    assert record.failed_at is None
+    assert [entry.status for entry in await store.history("m1")] == [Q, A, S, D, R]
+    assert (await store.history("m1"))[2] == StatusEntry(S, at(2))
+
+
+async def test_duplicates_and_out_of_order_give_the_same_state(store):
+    events = [(S, 2), (D, 3), (R, 5), (F, 4)]
+    await send(store, "in-order", pid="p1")
+    for event in events:
+        await status(store, *event, pid="p1")
+    await send(store, "shuffled", pid="p2")
+    for event in [(R, 5), (S, 2), (R, 5), (F, 4), (D, 3), (S, 2), (D, 3)]:
+        await status(store, *event, pid="p2")
+    first, second = await store.get("in-order"), await store.get("shuffled")
+    assert first.status is R
+    same = {"message_id": "x", "provider_message_id": "x", "updated_at": T0}
+    assert attrs.evolve(first, **same) == attrs.evolve(second, **same)
+    history = await store.history("shuffled")
+    assert history == await store.history("in-order")
+    assert [entry.status for entry in history] == [A, S, D, F, R]
+    assert [entry.occurred_at for entry in history] == [at(0), at(2), at(3), at(4), at(5)]
+
+
+async def test_failed_then_delivered_is_delivered(store):
+    await send(store)
+    await status(store, F, 2, error_code="131047", error_detail="re-engagement")
+    record = await store.get("m1")
+    assert (record.status, record.error_code, record.error_detail, record.failed_at) == (
+        F,
+        "131047",
+        "re-engagement",
+        at(2),
+    )
+    await status(store, S, 1)
+    assert (await store.get("m1")).status is F
+    await status(store, D, 3)
+    record = await store.get("m1")
+    assert (record.status, record.delivered_at, record.failed_at, record.error_code) == (
+        D,
+        at(3),
+        at(2),
+        "131047",
+    )
+
+
+async def test_send_failed_keeps_its_error(store):
+    await send(store, status=F, pid=None, error_kind="permanent", error_code="100", error_detail="bad number")
+    record = await store.get("m1")
+    assert (record.status, record.error_kind, record.error_code, record.error_detail) == (
+        F,
+        "permanent",
+        "100",
+        "bad number",
+    )
+    assert record.failed_at == at(0)
+
+
+async def test_status_for_an_unknown_message_is_applied_when_the_send_is_recorded(store):
+    await status(store, D, 3, pid="early")
+    await status(store, D, 3, pid="early")
+    await status(store, S, 2, pid="early")
+    await status(store, R, 9, pid="other")
+    assert await store.get("m1") is None
+    await send(store, status=Q, pid=None)
+    assert (await store.get("m1")).status is Q
+    await send(store, status=A, seconds=1, pid="early")
+    record = await store.get("m1")
+    assert (record.status, record.sent_at, record.delivered_at) == (D, at(2), at(3))
+    assert [entry.status for entry in await store.history("m1")] == [Q, A, S, D]
+    await send(store, "m2", pid="early2")  # the other pending status stays pending
+    assert (await store.get("m2")).status is A
+
+
+async def test_status_found_by_message_id(store):
+    await send(store, pid=None)
+    await status(store, D, 2, pid="unknown-to-us", message_id="m1")
+    assert (await store.get("m1")).status is D
+
+
+async def test_unknown_message(store):
+    assert await store.get("nope") is None
+    assert await store.history("nope") == []
+
+
+async def test_updated_at_follows_the_clock(make):
+    clock = FakeClock(T0)
+    store = make(clock)
+    await send(store)
+    clock.advance(60)
+    await status(store, S, 1)
+    record = await store.get("m1")
+    assert (record.created_at, record.updated_at) == (T0, T0 + timedelta(seconds=60))
+
+
+async def test_upgrade_is_idempotent_and_concurrent(make):
+    stores = [make() for _ in range(4)]
+    assert await asyncio.gather(*(store.upgrade() for store in stores)) == [LATEST] * 4
+    assert await stores[0].upgrade() == LATEST
+
+
+async def test_concurrent_statuses_from_two_stores(make):
+    one, two = make(), make()
+    await send(one)
+    events = [(S, 2), (D, 3), (R, 4), (F, 1)] * 3
+    await asyncio.gather(
+        *(status(store, *event) for store, event in zip([one, two] * 6, events, strict=True))
+    )
+    record = await two.get("m1")
+    assert (record.status, record.sent_at, record.delivered_at, record.read_at, record.failed_at) == (
+        R,
+        at(2),
+        at(3),
+        at(4),
+        at(1),
+    )
+    assert len(await one.history("m1")) == 5
+
+
+async def test_concurrent_send_and_status_lose_nothing(make):
+    for n in range(10):
+        one, two = make(), make()
+        pid = f"race{n}"
+        await asyncio.gather(send(one, f"m{n}", pid=pid), status(two, D, 3, pid=pid))
+        assert (await one.get(f"m{n}")).status is D
+
+
+async def test_closed_store_raises(store):
+    await send(store)
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.get("m1")
+
+
+async def test_sqlite_upgrade_from_two_processes(tmp_path):
+    path = tmp_path / "shared.sqlite3"
+    code = (
+        "import asyncio, sys\n"
+        "from omnichannel.store.sqlite import SqliteMessageStore\n"
+        "async def main():\n"
+        "    store = SqliteMessageStore(sys.argv[1])\n"
+        "    print(await store.upgrade())\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=30)[0].strip() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0]
+    assert outputs == [str(LATEST)] * 3
+
+
+async def test_postgres_unreachable_raises_store_error():
+    store = PostgresMessageStore("postgresql://postgres:secret@127.0.0.1:1/test", connect_timeout_s=2)
+    try:
+        with pytest.raises(StoreError, match="cannot be opened") as caught:
+            await store.get("m1")
+        assert "secret" not in str(caught.value)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_unusable_path_raises_store_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    store = SqliteMessageStore(tmp_path / "file" / "messages.sqlite3")
+    with pytest.raises(StoreError, match="cannot be opened"):
+        await store.get("m1")
+    await store.close()
+
+
+# -- the factory ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///data/messages.sqlite3", "data/messages.sqlite3"),
+        ("sqlite:////var/lib/omni.db", "/var/lib/omni.db"),
+        ("data/messages.sqlite3", "data/messages.sqlite3"),
+        ("  /tmp/x.sqlite  ", "/tmp/x.sqlite"),
+    ],
+)
+def test_factory_sqlite(url, path):
+    store = open_message_store(url)
+    assert isinstance(store, SqliteMessageStore)
+    assert store.path == path
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_factory_postgres(scheme):
+    store = open_message_store(f"{scheme}://u:p@db:5432/omni?schema=omni_store&sslmode=disable")
+    assert isinstance(store, PostgresMessageStore)
+    assert store.schema == "omni_store"
+    assert store.dsn == f"{scheme}://u:p@db:5432/omni?sslmode=disable"
+    assert "p@" not in repr(store)
+    assert open_message_store(f"{scheme}://db/omni").schema is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost", "is not a message store URL"),
+        ("messages.txt", "is not a message store URL"),
+        ("", "is not a message store URL"),
+        ("sqlite://host/x.sqlite3", "has no host"),
+        ("sqlite:///", "names no file"),
+        ("postgresql://u:hidden@db/omni?schema=Bad-Name", "lower-case identifier"),
+    ],
+)
+def test_factory_errors(url, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        open_message_store(url)
+    assert all(line.startswith("store: ") for line in caught.value.errors)
+    assert "hidden" not in str(caught.value)
