@@ -137,9 +137,10 @@ class StorePlugin:
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:
-        from .commands import db_group
+        from .commands import db_group, stats_command
 
         cli.add_command(db_group(self))
+        cli.add_command(stats_command(self))
 
 
 async def record(store: MessageStore, event: MessageSent | DeliveryFailed | StatusChanged) -> None:

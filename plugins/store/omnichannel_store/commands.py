@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from . import StorePlugin
 
-__all__ = ["db_group"]
+__all__ = ["db_group", "stats_command"]
 
 T = TypeVar("T")
 
@@ -80,3 +80,10 @@ def db_group(plugin: StorePlugin) -> click.Group:
         click.echo(f"schema version: {'unknown' if version is None else version}")
 
     return db
+
+
+def stats_command(plugin: StorePlugin) -> click.Command:
+    """The ``stats`` command (``omnichannel stats``), registered next to the ``db`` group."""
+    from .stats_cli import stats_command as build
+
+    return build(plugin)
