@@ -340,3 +340,22 @@ def test_factory_errors(url, message):
         open_message_store(url)
     assert all(line.startswith("store: ") for line in caught.value.errors)
     assert "hidden" not in str(caught.value)
+
+
+async def test_forget_details_keeps_counts_and_times(make):
+    clock = FakeClock(T0)
+    store = make(clock)  # created_at is when the send is recorded, on the store's clock
+    await send(store, "old", pid="p-old", recipient="+33600000001")
+    await send(store, "failed", status=F, pid=None, recipient="+33600000002", error_detail="bad")
+    await status(store, D, 5, pid="p-old")
+    await status(store, D, 20, pid="p-unknown")  # waits for a send that never comes
+    clock.advance(100)
+    await send(store, "new", pid="p-new", recipient="+33600000003", seconds=100)
+    assert await store.forget_details(at(50)) == 2
+    old, failed, new = [await store.get(m) for m in ("old", "failed", "new")]
+    assert (old.recipient, failed.recipient, failed.error_detail) == (None, None, None)
+    assert (old.status, old.delivered_at, failed.status) == (D, at(5), F)  # counts and times stay
+    assert new.recipient == "+33600000003"
+    await send(store, "late", pid="p-unknown", seconds=200)
+    assert (await store.get("late")).status is A  # the old pending status was dropped
+    assert await store.forget_details(at(50)) == 0  # nothing left to forget

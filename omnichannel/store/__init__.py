@@ -108,6 +108,11 @@ class MessageStore(Protocol):
     async def history(self, message_id: str) -> list[StatusEntry]:
         """The message's status updates, oldest first (duplicates kept once)."""
 
+    async def forget_details(self, before: datetime) -> int:
+        """Retention: drop the recipient and error details of messages created before ``before``,
+        and statuses still waiting for a send recorded before it; counts and times stay (the
+        analytics still count them). Returns the number of messages changed."""
+
     async def close(self) -> None:
         """Release connections."""
 

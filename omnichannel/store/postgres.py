@@ -206,6 +206,20 @@ class PostgresMessageStore:
         """See :meth:`MessageStore.history`."""
         return await self._run("history", lambda conn: self._entries(conn, message_id))
 
+    async def forget_details(self, before: datetime) -> int:
+        """See :meth:`MessageStore.forget_details`."""
+
+        async def run(conn: Any) -> int:
+            result = await conn.execute(
+                "UPDATE messages SET recipient = NULL, error_detail = NULL "
+                "WHERE created_at < $1 AND (recipient IS NOT NULL OR error_detail IS NOT NULL)",
+                before,
+            )
+            await conn.execute("DELETE FROM pending_statuses WHERE occurred_at < $1", before)
+            return int(result.split()[-1])  # "UPDATE <count>"
+
+        return await self._run("forget_details", run, write=True)
+
     async def close(self) -> None:
         """Close the pool; the store cannot be used afterwards."""
         async with self._opening:

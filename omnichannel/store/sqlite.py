@@ -205,6 +205,21 @@ class SqliteMessageStore:
 
         return await self._run("history", run)
 
+    async def forget_details(self, before: datetime) -> int:
+        """See :meth:`MessageStore.forget_details`."""
+        cutoff = to_ms(before)
+
+        async def run(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE messages SET recipient = NULL, error_detail = NULL "
+                "WHERE created_at < ? AND (recipient IS NOT NULL OR error_detail IS NOT NULL)",
+                (cutoff,),
+            )
+            await db.execute("DELETE FROM pending_statuses WHERE occurred_at < ?", (cutoff,))
+            return cursor.rowcount
+
+        return await self._run("forget_details", run, write=True)
+
     async def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
         async with self._lock:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, TypeAlias
 
 from omnichannel import (
@@ -112,6 +113,14 @@ class StorePlugin:
                 await store.close()
                 raise
             log.info("message store %s at schema version %d", display_url(config.url), version)
+        if config.retention_days is not None:
+            before = service.clock.now() - timedelta(days=config.retention_days)
+            forgotten = await store.forget_details(before)
+            log.info(
+                "message store: dropped the details of %d messages older than %g days",
+                forgotten,
+                config.retention_days,
+            )
         service.state[PLUGIN_NAME] = store
 
     @hookimpl

@@ -42,6 +42,11 @@ def _masked_repr(url: str) -> str:
     return repr(display_url(url))
 
 
+def _retention(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise InvalidField(attribute.name, f"must be > 0 days, got {value!r}")
+
+
 @attrs.frozen
 class StoreConfig:
     """Settings of the message-store plugin.
@@ -51,7 +56,11 @@ class StoreConfig:
         password never shows in a repr, a log or ``omnichannel config show``.
     :param upgrade_on_start: apply pending schema migrations when the service starts (else run
         ``omnichannel db upgrade`` before starting).
+    :param retention_days: after this many days a message's recipient and error details are
+        dropped (its counts and times stay for the analytics); applied when the service starts.
+        ``None`` (default): kept.
     """
 
     url: str = attrs.field(default=DEFAULT_URL, validator=_url, repr=_masked_repr)
     upgrade_on_start: bool = True
+    retention_days: float | None = attrs.field(default=None, validator=_retention)

@@ -8,7 +8,7 @@ unknown provider id waits until the send is recorded. The real backends are test
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import omnichannel_store
 import omnichannel_store.commands
 from omnichannel import (
+    ConfigError,
     DeliveryStatus,
     ErrorInfo,
     ListenerFailed,
@@ -54,6 +55,7 @@ class FakeStore:
         self.entries: dict[str, list[StatusEntry]] = {}
         self.pending: dict[tuple[str, str], list[tuple[StatusEntry, str | None]]] = {}
         self.upgrades = 0
+        self.forgotten_before: list[datetime] = []
         self.closed = False
         self.fail = fail
 
@@ -120,6 +122,10 @@ class FakeStore:
 
     async def history(self, message_id: str) -> list[StatusEntry]:
         return list(self.entries.get(message_id, []))
+
+    async def forget_details(self, before: datetime) -> int:
+        self.forgotten_before.append(before)
+        return 0
 
     async def close(self) -> None:
         self.closed = True
@@ -268,6 +274,20 @@ async def test_startup_opens_and_upgrades_and_shutdown_closes(factory: Factory) 
     assert message_store(service) is None
 
 
+async def test_retention_forgets_old_details_at_startup(factory: Factory) -> None:
+    clock = FakeClock()
+    async with make_service(("store", StorePlugin(factory)), config=config(retention_days=30), clock=clock):
+        assert factory.store.forgotten_before == [clock.now() - timedelta(days=30)]
+    async with make_service(("store", StorePlugin(factory)), config=config()):
+        pass
+    assert len(factory.store.forgotten_before) == 1  # no retention configured: nothing forgotten
+
+
+def test_retention_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match=r"plugins\.store\.retention_days: must be > 0 days, got 0"):
+        make_service(("store", StorePlugin()), config=config(retention_days=0))
+
+
 async def test_startup_without_upgrade(factory: Factory) -> None:
     async with make_service(("store", StorePlugin(factory)), config=config(upgrade_on_start=False)):
         assert factory.store.upgrades == 0
@@ -327,8 +347,6 @@ def test_config_show_redacts_the_url() -> None:
 
 
 def test_bad_url_is_a_config_error() -> None:
-    from omnichannel import ConfigError
-
     with pytest.raises(ConfigError, match="must be a database URL"):
         make_service(("store", StorePlugin(Factory())), config=config(url=" "))
 
