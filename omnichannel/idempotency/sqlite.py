@@ -15,12 +15,12 @@ import contextlib
 import os
 import sqlite3
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import aiosqlite
 import attrs
 
+from .._sqlite import open_sqlite
 from ..clock import Clock, SystemClock
 from ..errors import KeyStoreError
 from .keys import Claim, KeyRecord, KeyState
@@ -240,25 +240,6 @@ class SqliteKeyStore:
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
 
-    async def _set_up(self, db: aiosqlite.Connection) -> None:
-        """WAL mode and the table. Switching to WAL needs the file to itself and SQLite does not
-        wait for it (no busy handler): when another process is setting the file up at the same
-        moment, try again for up to ``busy_timeout_s``."""
-        give_up = asyncio.get_running_loop().time() + self._busy_timeout_ms / 1000
-        pause = 0.01
-        while True:
-            try:
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = NORMAL")
-                await db.execute(_SCHEMA)
-                return
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or asyncio.get_running_loop().time() + pause > give_up:
-                    raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.5)
-
     async def _connection(self) -> aiosqlite.Connection:
         """The open connection (caller holds the lock); the first call creates the file and table."""
         if self._db is not None:
@@ -266,33 +247,14 @@ class SqliteKeyStore:
         if self._closed:
             raise KeyStoreError(f"idempotency key store {self.path!r} is closed")
         try:
-            if self.path != ":memory:" and not self.path.startswith("file:"):
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+            db = await open_sqlite(
+                self.path,
+                busy_timeout_s=self._busy_timeout_ms / 1000,
+                pragmas=("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", _SCHEMA),
+            )
+        except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(
                 f"idempotency key store {self.path!r} cannot be opened ({type(exc).__name__}: {exc})"
             ) from exc
-        connecting = aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            db = await connecting
-        except sqlite3.Error as exc:
-            # aiosqlite stops its thread after a failed connect and reports that to this loop:
-            # wait for it, or it may report to a closed loop.
-            thread = getattr(connecting, "_thread", None)
-            if thread is not None:
-                await asyncio.to_thread(thread.join, 1.0)
-            raise KeyStoreError(
-                f"idempotency key store {self.path!r} cannot be opened ({type(exc).__name__}: {exc})"
-            ) from exc
-        try:
-            await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            await self._set_up(db)
-        except BaseException as exc:
-            await db.close()
-            if isinstance(exc, sqlite3.Error):
-                raise KeyStoreError(
-                    f"idempotency key store {self.path!r} cannot be set up ({type(exc).__name__}: {exc})"
-                ) from exc
-            raise
         self._db = db
         return db

@@ -12,11 +12,11 @@ import contextlib
 import os
 import sqlite3
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
+from .._sqlite import open_sqlite
 from ..clock import Clock, SystemClock
 from ..errors import StoreError
 from ..idempotency.sqlite import from_ms, to_ms
@@ -54,6 +54,9 @@ def _record(row: Any) -> MessageRecord:
     return MessageRecord(
         mid, channel, DeliveryStatus(status), from_ms(created), from_ms(updated), *texts, *times
     )
+
+
+_PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON")
 
 
 class SqliteMessageStore:
@@ -318,24 +321,6 @@ class SqliteMessageStore:
                     f"message store {self.path!r}: {operation} failed ({type(exc).__name__}: {exc})"
                 ) from exc
 
-    async def _set_up(self, db: aiosqlite.Connection) -> None:
-        """WAL mode (retried while another process sets the file up: SQLite does not wait for it)."""
-        give_up = asyncio.get_running_loop().time() + self._busy_timeout_ms / 1000
-        pause = 0.01
-        while True:
-            try:
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = FULL")
-                await db.execute("PRAGMA foreign_keys = ON")
-                break
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or asyncio.get_running_loop().time() + pause > give_up:
-                    raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.5)
-        await self._migrate(db)
-
     async def _connection(self) -> aiosqlite.Connection:
         """The open connection (caller holds the lock); the first call creates and migrates the file."""
         if self._db is not None:
@@ -343,25 +328,19 @@ class SqliteMessageStore:
         if self._closed:
             raise StoreError(f"message store {self.path!r} is closed")
         try:
-            if self.path != ":memory:" and not self.path.startswith("file:"):
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = await open_sqlite(
+                self.path,
+                busy_timeout_s=self._busy_timeout_ms / 1000,
+                pragmas=(
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = FULL",
+                    "PRAGMA foreign_keys = ON",
+                ),
+                then=self._migrate,
+            )
         except OSError as exc:
             raise StoreError(
                 f"message store {self.path!r} cannot be opened ({type(exc).__name__}: {exc})"
             ) from exc
-        connecting = aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            db = await connecting
-        except sqlite3.Error:
-            thread = getattr(connecting, "_thread", None)  # let aiosqlite's thread finish (see idempotency)
-            if thread is not None:
-                await asyncio.to_thread(thread.join, 1.0)
-            raise
-        try:
-            await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            await self._set_up(db)
-        except BaseException:
-            await db.close()
-            raise
         self._db = db
         return db
