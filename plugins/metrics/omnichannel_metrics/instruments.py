@@ -232,4 +232,5 @@ class Instruments:
         self.listener_failures.labels(event.plugin_name).inc()
 
     def _template(self, event: TemplateUsed) -> None:
-        self.templates.labels(event.channel, event.template.name, event.template.language).inc()
+        template = event.template
+        self._child(self.templates, event.channel, template.name, template.language).inc()

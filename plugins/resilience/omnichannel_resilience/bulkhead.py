@@ -151,6 +151,28 @@ class Bulkhead:
         """The number of senders tracked: those with attempts in flight or waiting."""
         return len(self._senders)
 
+    def try_acquire(self, sender: str) -> _Slots | None:
+        """Both slots at once when free (no await); ``None`` when ``slot(sender)`` would wait.
+
+        Settle a non-``None`` result with :meth:`release`.
+        """
+        state = self._senders.get(sender)
+        if state is None:
+            state = self._senders[sender] = _Slots(self.sender_max_in_flight)
+        if state.try_take():
+            if self._global.try_take():
+                state.active += 1
+                self._global.active += 1
+                return state
+            state.release()
+        if state.idle and self._senders.get(sender) is state:
+            del self._senders[sender]
+        return None
+
+    def release(self, sender: str, state: _Slots) -> None:
+        """Give back the slots :meth:`try_acquire` took."""
+        self._release(sender, state)
+
     async def _acquire(self, sender: str) -> _Slots:
         state = self._senders.get(sender)
         if state is None:

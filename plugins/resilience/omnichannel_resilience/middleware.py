@@ -318,9 +318,13 @@ class Resilience:
                 if waited:
                     await self._limited_event(delivery, limit, waited)
             limit = "in_flight"
-            slot = bulkhead.slot(sender) if bulkhead is not None else None
-            if slot is not None:
-                await slot.__aenter__()
+            slot = held = None
+            if bulkhead is not None:
+                # Free slots are taken without an await (the common case); else wait in slot().
+                held = bulkhead.try_acquire(sender)
+                if held is None:
+                    slot = bulkhead.slot(sender)
+                    await slot.__aenter__()
         except RateLimitedError as exc:
             delivery.refused = delivery.final = True  # not sent: the queue defers it
             await self._limited_event(delivery, limit, 0.0, exc)
@@ -335,7 +339,9 @@ class Resilience:
                     exc.retry_after = pause
             raise
         finally:
-            if slot is not None:
+            if held is not None:
+                bulkhead.release(sender, held)  # type: ignore[union-attr]  # held implies a bulkhead
+            elif slot is not None:
                 await slot.__aexit__(None, None, None)
         if limiter is not None:
             await limiter.on_success(sender, recipient)

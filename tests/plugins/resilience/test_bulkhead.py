@@ -352,3 +352,23 @@ def test_validation_names_the_field(kwargs: dict[str, object], field: str, probl
         Bulkhead(**kwargs)  # type: ignore[arg-type]
     assert raised.value.field == field
     assert str(raised.value) == problem
+
+
+async def test_try_acquire_takes_free_slots_without_waiting_and_never_jumps_the_queue():
+    bulkhead = Bulkhead(sender_max_in_flight=1, global_max_in_flight=2, max_wait_s=5)
+    held = bulkhead.try_acquire("a")
+    assert held is not None
+    assert (bulkhead.in_flight("a"), bulkhead.in_flight_total) == (1, 1)
+    assert bulkhead.try_acquire("a") is None  # the sender's one slot is taken
+    waiting = asyncio.create_task(_hold(bulkhead, "a"))
+    await asyncio.sleep(0)
+    bulkhead.release("a", held)  # handed to the waiter, not up for grabs
+    assert bulkhead.try_acquire("a") is None
+    await waiting
+    assert bulkhead.in_flight_total == 0
+    assert len(bulkhead) == 0  # idle senders are forgotten
+
+
+async def _hold(bulkhead: Bulkhead, sender: str) -> None:
+    async with bulkhead.slot(sender):
+        await asyncio.sleep(0)
