@@ -84,6 +84,7 @@ from .serde import EnvStr, InvalidField, InvalidValue, Secret, format_errors, ma
 from .server import make_app
 from .service import EventStats, OmniChannelService
 from .sync import SyncOmniChannelService
+from .urls import printable_url, redact_url
 
 try:
     __version__ = version("omnichannel")
@@ -173,6 +174,8 @@ __all__ = [
     "make_app",
     "make_converter",
     "new_message_id",
+    "printable_url",
+    "redact_url",
     "service_from_context",
     "setting",
 ]

@@ -8,7 +8,6 @@ calls them; they hold no state of their own.
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from .config import ServiceConfig, structure_plugin_config
 from .errors import ConfigError, PluginError
 from .extensions import Channel, Route
 from .serde import REDACTED
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from .service import OmniChannelService
@@ -186,17 +186,3 @@ def redact_by_name(table: dict[str, Any]) -> None:
             table[key] = REDACTED
         elif isinstance(value, str) and "@" in value:
             table[key] = redact_url(value)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by the redaction marker."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{netloc[2]}"))

@@ -16,7 +16,7 @@ import attrs
 
 from ..commands import SendMessage
 from ..errors import CommandError
-from ..idempotency.factory import safe_url
+from ..urls import printable_url
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -63,7 +63,7 @@ class AmqpTransport:
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"AmqpTransport({safe_url(self.config.url.reveal())!r}, queue={self.config.queue!r})"
+        return f"AmqpTransport({printable_url(self.config.url.reveal())!r}, queue={self.config.queue!r})"
 
     async def __aenter__(self) -> AmqpTransport:
         await self.channel()
@@ -75,7 +75,7 @@ class AmqpTransport:
     @property
     def where(self) -> str:
         """The broker's URL without user and password, for messages and logs."""
-        return safe_url(self.config.url.reveal())
+        return printable_url(self.config.url.reveal())
 
     async def connection(self) -> AbstractRobustConnection:
         """The open connection (opened now if needed).

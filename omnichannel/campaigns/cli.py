@@ -58,14 +58,14 @@ def _content(
 def open_key_store(url: str, clock: Clock) -> KeyStore:
     """The configured key store; a store that cannot be opened is an error with exit status 1."""
     from ..idempotency.factory import open_key_store as open_store
-    from ..idempotency.factory import safe_url
+    from ..urls import printable_url
 
     try:
         return open_store(url, clock=clock)
     except OmniChannelError:
         raise
     except Exception as exc:
-        raise click.ClickException(f"cannot open the key store {safe_url(url)}: {exc}") from None
+        raise click.ClickException(f"cannot open the key store {printable_url(url)}: {exc}") from None
 
 
 class _PlainProgress:

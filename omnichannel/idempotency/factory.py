@@ -8,31 +8,19 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
+from ..urls import printable_url
 
 if TYPE_CHECKING:
     from ..clock import Clock
     from .keys import KeyStore
 
-__all__ = ["open_key_store", "safe_url"]
+__all__ = ["open_key_store"]
 
 _SQLITE_SUFFIXES = (".sqlite3", ".sqlite", ".db")
 _ACCEPTED = (
     "sqlite:///relative/path.sqlite3, sqlite:////absolute/path.sqlite3, a path ending in "
     ".sqlite3 or .db, redis://host:6379/0, rediss://host:6380/0 or memory://"
 )
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user, password or query, for messages and logs."""
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return url.split("?", 1)[0]
-    host = parts.hostname or ""
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def open_key_store(url: str, *, clock: Clock | None = None) -> KeyStore:
@@ -55,7 +43,7 @@ def open_key_store(url: str, *, clock: Clock | None = None) -> KeyStore:
         except ImportError:
             raise ConfigError(
                 [
-                    f"key_store: {safe_url(text)!r} needs the 'redis' package; "
+                    f"key_store: {printable_url(text)!r} needs the 'redis' package; "
                     "install it with: pip install 'omnichannel[redis]'"
                 ]
             ) from None
@@ -64,13 +52,13 @@ def open_key_store(url: str, *, clock: Clock | None = None) -> KeyStore:
         return RedisKeyStore(text, clock=clock)
     if scheme == "memory":
         if text.lower() != "memory://":
-            raise ConfigError([f"key_store: {safe_url(text)!r}: memory:// takes no path or options"])
+            raise ConfigError([f"key_store: {printable_url(text)!r}: memory:// takes no path or options"])
         from . import MemoryKeyStore
 
         return MemoryKeyStore(clock)
     if not scheme and text.lower().endswith(_SQLITE_SUFFIXES):
         return _sqlite(os.path.expanduser(text), clock)
-    shown = safe_url(text) if text else str(url)
+    shown = printable_url(text) if text else str(url)
     raise ConfigError([f"key_store: {shown!r} is not a key store URL; expected {_ACCEPTED}"])
 
 
@@ -79,10 +67,12 @@ def _sqlite_path(url: str) -> str:
     parts = urlsplit(url)
     if parts.netloc:
         raise ConfigError(
-            [f"key_store: {safe_url(url)!r}: a sqlite URL has no host; write sqlite:///relative/path.sqlite3"]
+            [
+                f"key_store: {printable_url(url)!r}: a sqlite URL has no host; write sqlite:///relative/path.sqlite3"
+            ]
         )
     if parts.query or parts.fragment:
-        raise ConfigError([f"key_store: {safe_url(url)!r}: a sqlite URL takes no options"])
+        raise ConfigError([f"key_store: {printable_url(url)!r}: a sqlite URL takes no options"])
     path = unquote(parts.path)[1:]  # the path keeps one slash of '///': drop it
     if not path or path.endswith("/"):
         raise ConfigError([f"key_store: {url!r} names no file; write sqlite:///relative/path.sqlite3"])

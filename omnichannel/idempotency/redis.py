@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..clock import Clock, SystemClock
 from ..errors import ConfigError, KeyStoreError
-from .factory import safe_url
+from ..urls import printable_url
 from .keys import Claim, KeyRecord, KeyState
 from .sqlite import from_ms
 
@@ -173,8 +173,8 @@ class RedisKeyStore:
                     url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
                 )
             except ValueError as exc:
-                raise ConfigError([f"key_store: not a Redis URL: {safe_url(url)!r} ({exc})"]) from exc
-            self.where = safe_url(url)
+                raise ConfigError([f"key_store: not a Redis URL: {printable_url(url)!r} ({exc})"]) from exc
+            self.where = printable_url(url)
         else:
             kwargs = client.connection_pool.connection_kwargs
             self.where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigError, StoreError
-from ..idempotency.factory import _sqlite_path, safe_url
+from ..idempotency.factory import _sqlite_path
+from ..urls import printable_url
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -46,7 +47,7 @@ def open_message_store(url: str, *, clock: Clock | None = None) -> MessageStore:
         if importlib.util.find_spec("asyncpg") is None:
             raise ConfigError(
                 [
-                    f"store: {safe_url(text)!r} needs the 'asyncpg' package; "
+                    f"store: {printable_url(text)!r} needs the 'asyncpg' package; "
                     "install it with: pip install 'omnichannel[postgres]'"
                 ]
             )
@@ -60,12 +61,12 @@ def open_message_store(url: str, *, clock: Clock | None = None) -> MessageStore:
             try:
                 check_schema(schema)
             except ValueError as exc:
-                raise ConfigError([f"store: {safe_url(text)!r}: {exc}"]) from None
+                raise ConfigError([f"store: {printable_url(text)!r}: {exc}"]) from None
         dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
         return PostgresMessageStore(dsn, clock=clock, schema=schema)
     if not scheme and text.lower().endswith(_SQLITE_SUFFIXES):
         return _sqlite(os.path.expanduser(text), clock)
-    shown = safe_url(text) if text else str(url)
+    shown = printable_url(text) if text else str(url)
     raise ConfigError([f"store: {shown!r} is not a message store URL; expected {_ACCEPTED}"])
 
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..clock import Clock, SystemClock
 from ..errors import StoreError
-from ..idempotency.factory import safe_url
 from ..message import DeliveryStatus
+from ..urls import printable_url
 from . import MessageRecord, StatusEntry
 from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
 from .status import fold_all
@@ -75,7 +75,7 @@ class PostgresMessageStore:
         self._asyncpg: Any = importlib.import_module("asyncpg")
 
     def __repr__(self) -> str:
-        return f"<PostgresMessageStore {safe_url(self.dsn)!r} schema={self.schema!r}>"
+        return f"<PostgresMessageStore {printable_url(self.dsn)!r} schema={self.schema!r}>"
 
     async def upgrade(self) -> int:
         """Apply the missing migrations (one transaction, advisory lock); return the version."""
@@ -308,7 +308,7 @@ class PostgresMessageStore:
                     return await run(conn)
         except self._errors() as exc:
             raise StoreError(
-                f"message store {safe_url(self.dsn)!r}: {operation} failed ({type(exc).__name__}: {exc})"
+                f"message store {printable_url(self.dsn)!r}: {operation} failed ({type(exc).__name__}: {exc})"
             ) from exc
 
     async def _connected(self) -> Any:
@@ -317,7 +317,7 @@ class PostgresMessageStore:
             if self._pool is not None:
                 return self._pool
             if self._closed:
-                raise StoreError(f"message store {safe_url(self.dsn)!r} is closed")
+                raise StoreError(f"message store {printable_url(self.dsn)!r} is closed")
             settings = {} if self.schema is None else {"search_path": self.schema}
             try:
                 pool = await self._asyncpg.create_pool(
@@ -328,8 +328,9 @@ class PostgresMessageStore:
                     server_settings=settings,
                 )
             except self._errors() as exc:
+                where = printable_url(self.dsn)
                 raise StoreError(
-                    f"message store {safe_url(self.dsn)!r} cannot be opened ({type(exc).__name__}: {exc})"
+                    f"message store {where!r} cannot be opened ({type(exc).__name__}: {exc})"
                 ) from exc
             try:
                 async with pool.acquire() as conn:
@@ -338,7 +339,7 @@ class PostgresMessageStore:
                 await pool.close()
                 if isinstance(exc, self._errors()):
                     raise StoreError(
-                        f"message store {safe_url(self.dsn)!r} cannot be opened or migrated "
+                        f"message store {printable_url(self.dsn)!r} cannot be opened or migrated "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
                 raise

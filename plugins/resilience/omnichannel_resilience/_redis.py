@@ -6,9 +6,8 @@ import logging
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from omnichannel import Clock, InvalidField, PluginError
+from omnichannel import Clock, InvalidField, PluginError, printable_url
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -17,14 +16,6 @@ logger = logging.getLogger("omnichannel_resilience.redis_state")
 
 NowMs = Callable[[], int | float]
 """A replacement for the server's ``TIME`` in milliseconds (tests only; production passes none)."""
-
-
-def safe_url(url: str) -> str:
-    """``url`` without credentials, for log lines."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def connect(
@@ -60,8 +51,8 @@ def connect(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
         )
     except ValueError as exc:
-        raise InvalidField("url", f"not a Redis URL: {safe_url(url)!r} ({exc})") from exc
-    return created, True, safe_url(url), errors
+        raise InvalidField("url", f"not a Redis URL: {printable_url(url)!r} ({exc})") from exc
+    return created, True, printable_url(url), errors
 
 
 def lua(*names: str) -> str:

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any
 
 import attrs
 
-from omnichannel import InvalidField
+from omnichannel import InvalidField, redact_url
 
 __all__ = ["DEFAULT_URL", "StoreConfig", "display_url"]
 
 DEFAULT_URL = "sqlite:///omnichannel-messages.sqlite3"
 """A SQLite file in the working directory: no set-up, one process (or a few on one host)."""
 
-_MASK = "**********"
-
 
 def display_url(url: str) -> str:
     """``url`` with its password (if any) masked: the only form of a store URL that is printed or logged."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparsable store url>"  # it could hold a password we cannot find: show nothing
-    if not password:
-        return url
-    user = parts.netloc.rpartition("@")[0].partition(":")[0]
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{_MASK}@{host}"))
+    return redact_url(url)
 
 
 def _url(_: object, attribute: attrs.Attribute[Any], value: str) -> None:

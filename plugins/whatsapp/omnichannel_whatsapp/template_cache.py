@@ -11,9 +11,8 @@ import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
-from omnichannel import Clock, ConfigError, PluginError, SystemClock
+from omnichannel import Clock, ConfigError, PluginError, SystemClock, printable_url
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -78,14 +77,6 @@ class MemoryTemplateCache:
         self._entries.clear()
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without credentials, for log lines."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 class RedisTemplateCache:
     """A cache in Redis, shared by every process that uses the same ``url`` and ``prefix``.
 
@@ -136,7 +127,7 @@ class RedisTemplateCache:
         self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
         self._ttl_s = ttl_s
         self._prefix = prefix
-        self._where = _safe_url(url)
+        self._where = printable_url(url)
         self._clock = clock or SystemClock()
         self._retry_after_s = retry_after_s
         self._local = MemoryTemplateCache(ttl_s, self._clock)
