@@ -1,0 +1,501 @@
+"""The message store: webhook status ingestion (events/s) and analytics over one million messages.
+
+Usage::
+
+    python benchmarks/bench_store.py                # full run (a few minutes on 2 cores)
+    python benchmarks/bench_store.py --quick        # smoke run (100k messages, fewer events)
+    python benchmarks/bench_store.py --json         # machine-readable results on stdout
+    python benchmarks/bench_store.py --strict       # exit 1 when a target is missed
+    python benchmarks/bench_store.py --no-postgres  # SQLite only
+    python benchmarks/bench_store.py --explain      # per-query times and PostgreSQL plans
+
+Ingestion: ``record_send`` of N accepted messages (with provider ids; untimed), then their status
+events (``sent``, ``delivered``, ``read``; a fifth of the messages get one event twice; all the
+events shuffled, so most arrive out of order, as webhooks do) through ``record_status`` by K
+concurrent writers (K = 1, 10, 50), in events per second. SQLite is a file in a temporary
+folder; PostgreSQL (``--dsn``, default ``postgresql://postgres@127.0.0.1:5432/test``) a schema of
+its own with ``pool_size = K``. The store API has no batch method; a raw-SQL prototype of one
+(one transaction per 500 events: one ``INSERT ... SELECT FROM unnest(...)`` and one set-based
+re-fold ``UPDATE``; not framework code) runs on PostgreSQL for comparison.
+
+Analytics: after ``upgrade()``, 1,000,000 ``messages`` rows (and ``message_statuses`` for a
+tenth of them) are bulk-loaded with one ``INSERT ... SELECT`` (PostgreSQL ``generate_series``,
+SQLite a recursive CTE) over 30 days, then ``message_stats`` and ``template_performance`` over
+the whole range are timed, best of 3.
+
+Targets: at least 5,000 status events/s into PostgreSQL; a stats query over 1M messages under
+1 s. Every schema and file created is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from _harness import arguments, verdict_line
+from _machine import machine
+
+from omnichannel.message import DeliveryStatus
+from omnichannel.store import MessageStore
+from omnichannel.store.analytics import Fetch, _message_stats, message_stats, template_performance
+from omnichannel.store.postgres import PostgresMessageStore
+from omnichannel.store.sqlite import SqliteMessageStore
+
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+CHANNEL = "whatsapp"
+CONCURRENCY = (1, 10, 50)
+INGEST_TARGET = 5000.0
+STATS_TARGET_S = 1.0
+DAY_MS = 86_400_000
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+SPAN = timedelta(days=30)
+Event = tuple[str, DeliveryStatus, datetime]
+
+# ---------------------------------------------------------------- ingestion
+
+
+def events_for(tag: str, n: int, rng: random.Random) -> list[Event]:
+    """sent, delivered, read per message; one in five messages has one event twice; shuffled."""
+    events: list[Event] = []
+    for i in range(n):
+        pid = f"wamid.{tag}.{i}"
+        at = BASE + timedelta(seconds=i)
+        own = [
+            (pid, DeliveryStatus.SENT, at + timedelta(seconds=1)),
+            (pid, DeliveryStatus.DELIVERED, at + timedelta(seconds=2)),
+            (pid, DeliveryStatus.READ, at + timedelta(seconds=30)),
+        ]
+        if i % 5 == 0:
+            own.append(own[rng.randrange(3)])
+        events += own
+    rng.shuffle(events)
+    return events
+
+
+async def record_sends(store: MessageStore, tag: str, n: int, concurrency: int) -> float:
+    """Record ``n`` accepted sends; return sends/s."""
+
+    async def one(i: int) -> None:
+        await store.record_send(
+            message_id=f"{tag}-{i}",
+            channel=CHANNEL,
+            status=DeliveryStatus.ACCEPTED,
+            at=BASE + timedelta(seconds=i),
+            recipient=f"+1555{i:07d}",
+            provider_message_id=f"wamid.{tag}.{i}",
+            template="order_update",
+            language="en",
+        )
+
+    return await workers(one, list(range(n)), concurrency)
+
+
+async def workers(job: Callable[[Any], Awaitable[None]], items: Sequence[Any], concurrency: int) -> float:
+    """Run ``job`` on every item with ``concurrency`` workers; return items per second."""
+    it = iter(items)
+
+    async def worker() -> None:
+        for item in it:
+            await job(item)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(items) / (time.perf_counter() - start)
+
+
+async def ingest(store: MessageStore, tag: str, n: int, concurrency: int) -> dict[str, Any]:
+    sends = await record_sends(store, tag, n, concurrency)
+    events = events_for(tag, n, random.Random(tag))
+
+    async def one(event: Event) -> None:
+        pid, status, at = event
+        await store.record_status(channel=CHANNEL, provider_message_id=pid, status=status, at=at)
+
+    rate = await workers(one, events, concurrency)
+    await check_read(store, tag, n)
+    return {"concurrency": concurrency, "events": len(events), "events_per_s": rate, "sends_per_s": sends}
+
+
+async def check_read(store: MessageStore, tag: str, n: int) -> None:
+    for i in random.Random(1).sample(range(n), min(n, 25)):
+        record = await store.get(f"{tag}-{i}")
+        if record is None or record.status is not DeliveryStatus.READ or record.sent_at is None:
+            raise RuntimeError(f"message {tag}-{i} not folded to read: {record}")
+
+
+BATCH_INSERT = """
+INSERT INTO message_statuses (message_id, status, occurred_at)
+SELECT m.message_id, e.status, e.at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS e(pid, status, at)
+JOIN messages m ON m.channel = $4 AND m.provider_message_id = e.pid
+ON CONFLICT DO NOTHING
+"""
+BATCH_REFOLD = """
+UPDATE messages m SET
+  status = CASE WHEN a.rd IS NOT NULL THEN 'read' WHEN a.dl IS NOT NULL THEN 'delivered'
+    WHEN a.fl IS NOT NULL THEN 'failed' WHEN a.st IS NOT NULL THEN 'sent'
+    WHEN a.ac IS NOT NULL THEN 'accepted' ELSE 'queued' END,
+  accepted_at = a.ac, sent_at = a.st, delivered_at = least(a.dl, a.rd), read_at = a.rd,
+  failed_at = a.fl, updated_at = now()
+FROM (
+  SELECT s.message_id,
+    min(s.occurred_at) FILTER (WHERE s.status = 'accepted') AS ac,
+    min(s.occurred_at) FILTER (WHERE s.status = 'sent') AS st,
+    min(s.occurred_at) FILTER (WHERE s.status = 'delivered') AS dl,
+    min(s.occurred_at) FILTER (WHERE s.status = 'read') AS rd,
+    min(s.occurred_at) FILTER (WHERE s.status = 'failed') AS fl
+  FROM message_statuses s JOIN messages x ON x.message_id = s.message_id
+  WHERE x.channel = $2 AND x.provider_message_id = ANY($1::text[])
+  GROUP BY s.message_id
+) a
+WHERE m.message_id = a.message_id
+"""
+
+
+async def ingest_batched(store: PostgresMessageStore, tag: str, n: int, batch: int) -> dict[str, Any]:
+    """The prototype of a batch API, on the store's pool: one transaction per ``batch`` events."""
+    await record_sends(store, tag, n, 10)
+    events = events_for(tag, n, random.Random(tag))
+    pool = await store._connected()
+    start = time.perf_counter()
+    for first in range(0, len(events), batch):
+        chunk = events[first : first + batch]
+        pids = [pid for pid, _, _ in chunk]
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                BATCH_INSERT, pids, [s.value for _, s, _ in chunk], [a for _, _, a in chunk], CHANNEL
+            )
+            await conn.execute(BATCH_REFOLD, sorted(set(pids)), CHANNEL)
+    rate = len(events) / (time.perf_counter() - start)
+    await check_read(store, tag, n)
+    return {"concurrency": 1, "batch": batch, "events": len(events), "events_per_s": rate}
+
+
+# ---------------------------------------------------------------- one million messages
+
+# Row i: channel by i % 3, a pseudo-random bucket b = (i * 7919) % 100 for the status
+# (5 % accepted, 10 % failed (half at the send), 15 % sent, 30 % delivered, 40 % read),
+# 70 % templated (7 templates x 2 languages), created evenly over 30 days.
+_PG_LOAD = """
+INSERT INTO messages (message_id, channel, status, created_at, updated_at, recipient,
+  provider_message_id, template, language, error_kind, error_code, error_detail,
+  accepted_at, sent_at, delivered_at, read_at, failed_at)
+SELECT 'm' || i, (ARRAY['whatsapp','sms','email'])[i % 3 + 1],
+  CASE WHEN b < 5 THEN 'accepted' WHEN b < 15 THEN 'failed' WHEN b < 30 THEN 'sent'
+       WHEN b < 60 THEN 'delivered' ELSE 'read' END,
+  c, c + interval '1 hour', '+1555' || i, 'pid.' || i,
+  CASE WHEN i % 10 < 7 THEN 'tpl_' || (i % 7) END,
+  CASE WHEN i % 10 < 7 THEN (ARRAY['en','de'])[i % 2 + 1] END,
+  CASE WHEN b >= 5 AND b < 15 THEN 'provider' END,
+  CASE WHEN b >= 5 AND b < 15 THEN '13' || (i % 4) END,
+  CASE WHEN b >= 5 AND b < 15 THEN 'error detail' END,
+  CASE WHEN b < 10 OR b >= 15 THEN c + interval '100 milliseconds' END,
+  CASE WHEN b >= 15 THEN c + interval '1 second' END,
+  CASE WHEN b >= 30 THEN c + make_interval(secs => 2 + i % 60) END,
+  CASE WHEN b >= 60 THEN c + make_interval(secs => 60 + i % 3600) END,
+  CASE WHEN b >= 5 AND b < 15 THEN c + interval '1 second' END
+FROM (SELECT i, (i * 7919) % 100 AS b,
+        $2::timestamptz + (i * $3::float8) * interval '1 millisecond' AS c
+      FROM generate_series(0::bigint, $1::bigint - 1) AS i) AS g
+"""
+_SQLITE_LOAD = """
+WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?),
+g AS (SELECT i, (i * 7919) % 100 AS b, ? + CAST(i * ? AS INTEGER) AS c FROM s)
+INSERT INTO messages (message_id, channel, status, created_at, updated_at, recipient,
+  provider_message_id, template, language, error_kind, error_code, error_detail,
+  accepted_at, sent_at, delivered_at, read_at, failed_at)
+SELECT 'm' || i, CASE i % 3 WHEN 0 THEN 'whatsapp' WHEN 1 THEN 'sms' ELSE 'email' END,
+  CASE WHEN b < 5 THEN 'accepted' WHEN b < 15 THEN 'failed' WHEN b < 30 THEN 'sent'
+       WHEN b < 60 THEN 'delivered' ELSE 'read' END,
+  c, c + 3600000, '+1555' || i, 'pid.' || i,
+  CASE WHEN i % 10 < 7 THEN 'tpl_' || (i % 7) END,
+  CASE WHEN i % 10 < 7 THEN (CASE i % 2 WHEN 0 THEN 'en' ELSE 'de' END) END,
+  CASE WHEN b >= 5 AND b < 15 THEN 'provider' END,
+  CASE WHEN b >= 5 AND b < 15 THEN '13' || (i % 4) END,
+  CASE WHEN b >= 5 AND b < 15 THEN 'error detail' END,
+  CASE WHEN b < 10 OR b >= 15 THEN c + 100 END,
+  CASE WHEN b >= 15 THEN c + 1000 END,
+  CASE WHEN b >= 30 THEN c + (2 + i % 60) * 1000 END,
+  CASE WHEN b >= 60 THEN c + (60 + i % 3600) * 1000 END,
+  CASE WHEN b >= 5 AND b < 15 THEN c + 1000 END
+FROM g
+"""
+_STATUS_COLUMNS = ("accepted", "sent", "delivered", "read", "failed")
+
+
+def _statuses_sql(placeholder_like: str) -> list[str]:
+    """The status rows of one message in ten (ids ending in 0), one statement per status."""
+    return [
+        f"INSERT INTO message_statuses (message_id, status, occurred_at) "
+        f"SELECT message_id, '{s}', {s}_at FROM messages "
+        f"WHERE {s}_at IS NOT NULL AND message_id LIKE {placeholder_like}"
+        for s in _STATUS_COLUMNS
+    ]
+
+
+async def load_postgres(store: PostgresMessageStore, n: int) -> float:
+    await store.upgrade()
+    pool = await store._connected()
+    start = time.perf_counter()
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(_PG_LOAD, n, BASE, SPAN / timedelta(milliseconds=1) / n)
+            for sql in _statuses_sql("'%0'"):
+                await conn.execute(sql)
+        await conn.execute("ANALYZE messages")
+        await conn.execute("ANALYZE message_statuses")
+    return time.perf_counter() - start
+
+
+def load_sqlite(path: Path, n: int) -> float:
+    import sqlite3
+
+    start = time.perf_counter()
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        db.execute(_SQLITE_LOAD, (n, round(BASE.timestamp() * 1000), 30 * DAY_MS / n))
+        for sql in _statuses_sql("'%0'"):
+            db.execute(sql)
+        db.execute("COMMIT")
+        db.execute("ANALYZE")
+    finally:
+        db.close()
+    return time.perf_counter() - start
+
+
+async def best_of(step: Callable[[], Awaitable[Any]], repeat: int = 3) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = await step()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+async def time_stats(store: MessageStore, n: int, explain: bool) -> dict[str, Any]:
+    start, end = BASE, BASE + SPAN + timedelta(days=1)
+    stats_s, stats = await best_of(lambda: message_stats(store, start=start, end=end))
+    perf_s, rows = await best_of(lambda: template_performance(store, start=start, end=end))
+    if stats.total != n:
+        raise RuntimeError(f"message_stats counted {stats.total} messages, not {n}")
+    return {
+        "messages": n,
+        "message_stats_s": stats_s,
+        "template_performance_s": perf_s,
+        "templates": len(rows),
+        "queries": await query_breakdown(store, start, end, explain),
+    }
+
+
+async def query_breakdown(store: MessageStore, start: datetime, end: datetime, explain: bool) -> list[Any]:
+    """Each query of one ``message_stats`` call, timed (and, with ``explain``, its plan)."""
+    if isinstance(store, SqliteMessageStore):
+        from omnichannel.store.sqlite_stats import DIALECT, runner
+    else:
+        from omnichannel.store.postgres_stats import DIALECT, runner  # type: ignore[assignment]
+    out: list[Any] = []
+
+    async def work(fetch: Fetch) -> Any:
+        async def timed(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+            t0 = time.perf_counter()
+            rows = await fetch(sql, args)
+            entry: dict[str, Any] = {"sql": " ".join(sql.split())[:110], "s": time.perf_counter() - t0}
+            if explain:
+                prefix = (
+                    "EXPLAIN QUERY PLAN " if isinstance(store, SqliteMessageStore) else "EXPLAIN ANALYZE "
+                )
+                entry["plan"] = [" | ".join(str(c) for c in row) for row in await fetch(prefix + sql, args)]
+            out.append(entry)
+            return rows
+
+        return await _message_stats(
+            timed, DIALECT, start=start, end=end, channel=None, template=None, top_errors=10
+        )
+
+    await runner(store)(work)  # type: ignore[arg-type]
+    return out
+
+
+# ---------------------------------------------------------------- driver
+
+
+async def run_backend(
+    name: str, make: Callable[[int, str], MessageStore], events_n: int, stats_n: int, explain: bool, log: Any
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"backend": name, "ingestion": [], "batched": None}
+    for k in CONCURRENCY:
+        store = make(k, "ingest")
+        try:
+            await store.upgrade()
+            row = await ingest(store, f"k{k}", events_n, k)
+        finally:
+            await store.close()
+        result["ingestion"].append(row)
+        log(
+            f"{name:<10} ingest  K={k:<3} {row['events']:>7,} events  {row['events_per_s']:>8,.0f} events/s"
+            f"  (record_send {row['sends_per_s']:,.0f}/s)"
+        )
+    if name == "postgres":
+        store = make(10, "ingest")
+        try:
+            await store.upgrade()
+            row = await ingest_batched(store, "batch", events_n, 500)  # type: ignore[arg-type]
+        finally:
+            await store.close()
+        result["batched"] = row
+        log(
+            f"{name:<10} batch prototype, 500 per txn, K=1 {row['events']:>7,} events  "
+            f"{row['events_per_s']:>8,.0f} events/s"
+        )
+    store = make(10, "stats")
+    try:
+        if isinstance(store, PostgresMessageStore):
+            load_s = await load_postgres(store, stats_n)
+        else:
+            assert isinstance(store, SqliteMessageStore)
+            await store.upgrade()
+            await store.close()
+            load_s = load_sqlite(Path(store.path), stats_n)
+            store = make(10, "stats")
+        stats = await time_stats(store, stats_n, explain)
+    finally:
+        await store.close()
+    stats["load_s"] = load_s
+    result["stats"] = stats
+    log(
+        f"{name:<10} load {stats_n:,} messages {load_s:6.1f} s; "
+        f"message_stats {stats['message_stats_s']:.3f} s, "
+        f"template_performance {stats['template_performance_s']:.3f} s (best of 3)"
+    )
+    for q in sorted(stats["queries"], key=lambda q: -q["s"]):
+        log(f"{'':<10}   {q['s'] * 1000:8.1f} ms  {q['sql']}")
+        for line in q.get("plan", []):
+            log(f"{'':<10}       {line}")
+    return result
+
+
+async def main_async(quick: bool, postgres: bool, dsn: str, explain: bool, log: Any) -> list[dict[str, Any]]:
+    events_n = 500 if quick else 2000
+    stats_n = 100_000 if quick else 1_000_000
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_store_") as folder:
+
+        def sqlite(k: int, part: str) -> MessageStore:
+            return SqliteMessageStore(Path(folder) / f"{part}.sqlite3")
+
+        results.append(await run_backend("sqlite", sqlite, events_n, stats_n, explain, log))
+    if postgres:
+        base = f"bench_store_{uuid.uuid4().hex[:10]}"
+
+        def pg(k: int, part: str) -> MessageStore:
+            return PostgresMessageStore(dsn, schema=f"{base}_{part}", pool_size=k)
+
+        try:
+            results.append(await run_backend("postgres", pg, events_n, stats_n, explain, log))
+        finally:
+            conn = await asyncpg.connect(dsn)
+            try:
+                for part in ("ingest", "stats"):
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{base}_{part}" CASCADE')
+            finally:
+                await conn.close()
+    return results
+
+
+def verdicts(results: list[dict[str, Any]], quick: bool) -> list[tuple[bool | None, str]]:
+    lines: list[tuple[bool | None, str]] = []
+    pg = next((r for r in results if r["backend"] == "postgres"), None)
+    if pg is None:
+        lines.append(
+            (None, verdict_line(None, "PostgreSQL status ingestion", "-", "5,000 events/s", op=">="))
+        )
+    else:
+        best = max(pg["ingestion"], key=lambda r: r["events_per_s"])
+        ok = best["events_per_s"] >= INGEST_TARGET
+        batched = pg["batched"]["events_per_s"]
+        detail = f"best at K={best['concurrency']} through record_status; batch prototype {batched:,.0f}/s"
+        lines.append(
+            (
+                ok,
+                verdict_line(
+                    ok,
+                    "PostgreSQL status ingestion",
+                    f"{best['events_per_s']:,.0f} events/s",
+                    "5,000 events/s",
+                    detail,
+                    op=">=",
+                ),
+            )
+        )
+    for r in results:
+        s = r["stats"]
+        ok = s["message_stats_s"] < STATS_TARGET_S
+        size = f"{s['messages']:,} messages" + (" (--quick)" if quick else "")
+        lines.append(
+            (
+                ok,
+                verdict_line(
+                    ok,
+                    f"{r['backend']} message_stats over {size}",
+                    f"{s['message_stats_s']:.3f} s",
+                    "1 s",
+                    f"template_performance {s['template_performance_s']:.3f} s",
+                ),
+            )
+        )
+    return lines
+
+
+def main() -> int:
+    parser = arguments(__doc__ or "", "100k messages and 500 messages' events per run")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--dsn", default=DSN, help=f"PostgreSQL (default {DSN}); a schema of its own is used")
+    parser.add_argument("--explain", action="store_true", help="print each stats query's plan")
+    args = parser.parse_args()
+
+    def log(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    info = machine()
+    if not args.json:
+        v = info["versions"]
+        print(
+            f"omnichannel {v['omnichannel']} ({info['revision'] or 'no git checkout'}) - "
+            f"Python {info['python']} - {info['cpus']} CPUs ({info['cpu']})\n"
+        )
+    started = time.perf_counter()
+    results = asyncio.run(main_async(args.quick, not args.no_postgres, args.dsn, args.explain, log))
+    seconds = time.perf_counter() - started
+    found = verdicts(results, args.quick)
+    if args.json:
+        doc = {
+            "machine": info,
+            "mode": "quick" if args.quick else "full",
+            "seconds": round(seconds, 1),
+            "results": results,
+            "targets": [{"line": line, "passed": ok} for ok, line in found],
+        }
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print()
+        for _, line in found:
+            print(line)
+        print(f"\n(run took {seconds:.1f} s)")
+    return 1 if args.strict and not all(ok for ok, _ in found) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
