@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -12,7 +13,7 @@ import pytest
 
 from omnichannel.errors import ConfigError
 from omnichannel.message import DeliveryStatus
-from omnichannel.store import StatusEntry, StoreError, open_message_store
+from omnichannel.store import StatusEntry, StatusUpdate, StoreError, open_message_store
 from omnichannel.store.migrations import LATEST
 from omnichannel.store.postgres import PostgresMessageStore
 from omnichannel.store.sqlite import SqliteMessageStore
@@ -359,3 +360,134 @@ async def test_forget_details_keeps_counts_and_times(make):
     await send(store, "late", pid="p-unknown", seconds=200)
     assert (await store.get("late")).status is A  # the old pending status was dropped
     assert await store.forget_details(at(50)) == 0  # nothing left to forget
+
+
+# -- record_statuses (batches) -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def twin(make, tmp_path):
+    """A store on a database of its own, to compare with ``make``'s."""
+    if isinstance(make(), PostgresMessageStore):
+        schema = f"omnichannel_test_{uuid.uuid4().hex}"
+        other = PostgresMessageStore(PG_URL, clock=FakeClock(T0), schema=schema, pool_size=4)
+        yield other
+        await other.close()
+        await _pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    else:
+        other = SqliteMessageStore(tmp_path / "twin" / "messages.sqlite3", clock=FakeClock(T0))
+        yield other
+        await other.close()
+
+
+def update(pid, status, seconds, **kwargs):
+    return StatusUpdate("whatsapp", pid, status, at(seconds), **kwargs)
+
+
+def mixed_events(seed=7):
+    """Statuses of m0..m5 (by provider id, some by message id), of unknown pids, failures with
+    different errors at the same time; a third of them twice; shuffled."""
+    events = []
+    for i in range(6):
+        pid = f"wamid.{i}"
+        events += [update(pid, S, i + 1), update(pid, D, i + 2), update(pid, R, i + 30)]
+        events.append(update(pid, F, i + 1.5, error_code="131", error_detail="first"))
+        events.append(update(pid, F, i + 1.5, error_code="130", error_detail="same time"))
+        events.append(update("ignored", S, i + 0.5, message_id=f"m{i}"))
+    events += [update("late.1", D, 5), update("late.1", S, 4), update("late.2", F, 3, error_code="9")]
+    rng = random.Random(seed)
+    events += rng.sample(events, len(events) // 3)
+    rng.shuffle(events)
+    return events
+
+
+async def snapshot(store, message_ids):
+    return [(await store.get(mid), await store.history(mid)) for mid in message_ids]
+
+
+async def send_all(store, *, lates=False):
+    for i in range(6):
+        await send(store, f"m{i}", pid=f"wamid.{i}", seconds=i)
+    if lates:
+        await send(store, "late1", pid="late.1", seconds=1)
+        await send(store, "late2", pid="late.2", seconds=1)
+
+
+@pytest.mark.parametrize("size", [1000, 7])
+async def test_batch_gives_the_same_state_as_one_by_one(make, twin, size):
+    batched, single = make(), twin
+    await send_all(batched)
+    await send_all(single)
+    events = mixed_events()
+    for first in range(0, len(events), size):
+        await batched.record_statuses(events[first : first + size])
+    for event in events:
+        await single.record_status(**attrs.asdict(event, recurse=False))
+    ids = [f"m{i}" for i in range(6)] + ["late1", "late2"]
+    got = await snapshot(batched, ids)
+    assert got == await snapshot(single, ids)
+    assert all(record.status is R for record, _ in got[:6])
+    assert got[0][0].error_code in ("130", "131")  # a (status, time) is kept once: the first seen
+    assert [(e.status, e.occurred_at) for e in got[0][1]] == [
+        (A, at(0)),
+        (S, at(0.5)),
+        (S, at(1)),
+        (F, at(1.5)),
+        (D, at(2)),
+        (R, at(30)),
+    ]
+    assert got[6] == (None, [])
+    # the unknown ones were kept and apply when their sends are recorded, the same way
+    await send_all(batched, lates=True)
+    await send_all(single, lates=True)
+    got = await snapshot(batched, ids)
+    assert got == await snapshot(single, ids)
+    assert (got[6][0].status, got[6][0].sent_at, got[6][0].delivered_at) == (D, at(4), at(5))
+    assert (got[7][0].status, got[7][0].error_code) == (F, "9")
+
+
+async def test_batch_of_unknown_messages_is_pending_until_the_send(store):
+    await store.record_statuses([update("wamid.9", D, 3), update("wamid.9", S, 2), update("wamid.9", D, 3)])
+    assert await store.get("m9") is None
+    await send(store, "m9", pid="wamid.9")
+    record = await store.get("m9")
+    assert (record.status, record.sent_at, record.delivered_at) == (D, at(2), at(3))
+    assert [entry.status for entry in await store.history("m9")] == [A, S, D]
+
+
+async def test_empty_batch_is_a_no_op(make):
+    fresh = make()
+    await fresh.record_statuses([])
+    await send(fresh)
+    before = (await fresh.get("m1"), await fresh.history("m1"))
+    await fresh.record_statuses(())
+    assert (await fresh.get("m1"), await fresh.history("m1")) == before
+
+
+async def test_parallel_overlapping_batches_neither_deadlock_nor_lose(make):
+    stores = [make() for _ in range(4)]
+    for i in range(20):
+        await send(stores[0], f"m{i}", pid=f"wamid.{i}", seconds=i)
+    batches = []
+    for b in range(8):
+        rng = random.Random(b)
+        chosen = rng.sample(range(20), 12)  # overlapping, in different orders
+        batch = [
+            update(f"wamid.{i}", status, i + 1 + rank) for i in chosen for rank, status in ((0, S), (1, D))
+        ]
+        if b % 2:
+            batch += [update(f"wamid.{i}", R, i + 10) for i in chosen[::-1]]
+        rng.shuffle(batch)
+        batches.append(batch)
+    await asyncio.wait_for(
+        asyncio.gather(*(stores[b % 4].record_statuses(batch) for b, batch in enumerate(batches))), 60
+    )
+    expected = {(e.provider_message_id, e.status, e.at) for batch in batches for e in batch}
+    for i in range(20):
+        pid = f"wamid.{i}"
+        mine = {(s, t) for p, s, t in expected if p == pid}
+        history = await stores[1].history(f"m{i}")
+        assert {(e.status, e.occurred_at) for e in history} == mine | {(A, at(i))}
+        record = await stores[2].get(f"m{i}")
+        top = R if (R, at(i + 10)) in mine else D if mine else A
+        assert record.status is top

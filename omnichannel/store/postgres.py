@@ -18,12 +18,15 @@ from ..clock import Clock, SystemClock
 from ..errors import StoreError
 from ..message import DeliveryStatus
 from ..urls import printable_url
-from . import MessageRecord, StatusEntry
+from . import MessageRecord, StatusEntry, StatusUpdate
+from .batch import fold_by_message, lock_keys, lookup_of, lookups
 from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
 from .status import fold_all
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from .status import StatusState
 
 __all__ = ["PostgresMessageStore", "check_schema"]
 
@@ -34,6 +37,42 @@ _MIGRATION_LOCK = 0x6F6D6E69  # advisory lock class ids ("omni", "stat"), keyed 
 _STATUS_LOCK = 0x73746174
 _ENTRY_COLUMNS = "status, occurred_at, error_code, error_detail"
 _PENDING_COLUMNS = f"channel, provider_message_id, {_ENTRY_COLUMNS}, received_at"
+_INSERT_ENTRY = (
+    f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5) "
+    "ON CONFLICT DO NOTHING"
+)
+_INSERT_PENDING = (
+    f"INSERT INTO pending_statuses ({_PENDING_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING"
+)
+_WRITE_STATE = (
+    "UPDATE messages SET status = $1, accepted_at = $2, sent_at = $3, delivered_at = $4, "
+    "read_at = $5, failed_at = $6, error_code = $7, error_detail = $8, updated_at = $9 "
+    "WHERE message_id = $10"
+)
+# Each lookup (message id, channel, provider id) of a batch resolved as record_status does.
+_RESOLVE = """
+SELECT k.i, coalesce(
+  (SELECT m.message_id FROM messages m WHERE m.message_id = k.mid),
+  (SELECT m.message_id FROM messages m WHERE m.channel = k.ch AND m.provider_message_id = k.pid
+   ORDER BY m.created_at DESC LIMIT 1))
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(mid, ch, pid, i)
+"""
+
+
+def _state_args(state: StatusState, now: datetime, message_id: str) -> tuple[Any, ...]:
+    assert state.status is not None
+    return (
+        state.status.value,
+        state.accepted_at,
+        state.sent_at,
+        state.delivered_at,
+        state.read_at,
+        state.failed_at,
+        state.error_code,
+        state.error_detail,
+        now,
+        message_id,
+    )
 
 
 def check_schema(schema: str) -> str:
@@ -171,8 +210,7 @@ class PostgresMessageStore:
                 )
             if found is None:
                 await conn.execute(
-                    f"INSERT INTO pending_statuses ({_PENDING_COLUMNS}) "
-                    "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
+                    _INSERT_PENDING,
                     channel,
                     provider_message_id,
                     status.value,
@@ -186,6 +224,64 @@ class PostgresMessageStore:
             await self._refold(conn, found, now)
 
         await self._run("record_status", run, write=True)
+
+    async def record_statuses(self, updates: Sequence[StatusUpdate]) -> None:
+        """See :meth:`MessageStore.record_statuses`.
+
+        One transaction: the batch's status locks, in the order of their lock ids (so parallel
+        batches never deadlock); its lookups resolved in one query; the messages' rows locked in
+        id order; history and pending rows inserted in the batch's order; the touched messages
+        folded from their histories (one query) and written back.
+        """
+        batch = list(updates)
+        if not batch:
+            return
+
+        async def run(conn: Any) -> None:
+            now = self._clock.now()
+            hashes = await conn.fetch(
+                "SELECT DISTINCT hashtext(k) FROM unnest($1::text[]) AS k ORDER BY 1", lock_keys(batch)
+            )
+            await conn.executemany(
+                "SELECT pg_advisory_xact_lock($1, $2)", [(_STATUS_LOCK, row[0]) for row in hashes]
+            )
+            wanted = lookups(batch)
+            rows = await conn.fetch(
+                _RESOLVE, [w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]
+            )
+            found = {wanted[row[0] - 1]: row[1] for row in rows}
+            ids = sorted({mid for mid in found.values() if mid is not None})
+            if ids:
+                await conn.fetch(
+                    "SELECT 1 FROM messages WHERE message_id = ANY($1::text[]) "
+                    "ORDER BY message_id FOR UPDATE",
+                    ids,
+                )
+            entries, waiting = [], []
+            for update in batch:
+                mid = found[lookup_of(update)]
+                values = (update.status.value, update.at, update.error_code, update.error_detail)
+                if mid is None:
+                    waiting.append((update.channel, update.provider_message_id, *values, now))
+                else:
+                    entries.append((mid, *values))
+            if entries:
+                await conn.executemany(_INSERT_ENTRY, entries)
+            if waiting:
+                await conn.executemany(_INSERT_PENDING, waiting)
+            if not ids:
+                return
+            history = await conn.fetch(
+                f"SELECT message_id, {_ENTRY_COLUMNS} FROM message_statuses "
+                "WHERE message_id = ANY($1::text[]) ORDER BY message_id, occurred_at, id",
+                ids,
+            )
+            states = fold_by_message(
+                (row[0], StatusEntry(DeliveryStatus(row[1]), row[2], row[3], row[4])) for row in history
+            )
+            await conn.executemany(_WRITE_STATE, [_state_args(states[mid], now, mid) for mid in ids])
+
+        await self._run("record_statuses", run, write=True)
 
     async def get(self, message_id: str) -> MessageRecord | None:
         """See :meth:`MessageStore.get`."""
@@ -249,8 +345,7 @@ class PostgresMessageStore:
     @staticmethod
     async def _append(conn: Any, message_id: str, entry: StatusEntry) -> None:
         await conn.execute(
-            f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5) "
-            "ON CONFLICT DO NOTHING",
+            _INSERT_ENTRY,
             message_id,
             entry.status.value,
             entry.occurred_at,
@@ -261,22 +356,7 @@ class PostgresMessageStore:
     async def _refold(self, conn: Any, message_id: str, now: datetime) -> None:
         """Fold the message's whole history again (a handful of rows) and write the result."""
         state = fold_all(await self._entries(conn, message_id))
-        assert state.status is not None
-        await conn.execute(
-            "UPDATE messages SET status = $1, accepted_at = $2, sent_at = $3, delivered_at = $4, "
-            "read_at = $5, failed_at = $6, error_code = $7, error_detail = $8, updated_at = $9 "
-            "WHERE message_id = $10",
-            state.status.value,
-            state.accepted_at,
-            state.sent_at,
-            state.delivered_at,
-            state.read_at,
-            state.failed_at,
-            state.error_code,
-            state.error_detail,
-            now,
-            message_id,
-        )
+        await conn.execute(_WRITE_STATE, *_state_args(state, now, message_id))
 
     async def _migrate(self, conn: Any) -> int:
         async with conn.transaction():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 from datetime import datetime
@@ -21,12 +22,15 @@ from ..clock import Clock, SystemClock
 from ..errors import StoreError
 from ..idempotency.sqlite import from_ms, to_ms
 from ..message import DeliveryStatus
-from . import MessageRecord, StatusEntry
+from . import MessageRecord, StatusEntry, StatusUpdate
+from .batch import fold_by_message, lookup_of, lookups
 from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
 from .status import fold_all
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from .status import StatusState
 
 __all__ = ["SqliteMessageStore"]
 
@@ -34,6 +38,25 @@ T = TypeVar("T")
 
 _ENTRY_COLUMNS = "status, occurred_at, error_code, error_detail"
 _PENDING_COLUMNS = f"channel, provider_message_id, {_ENTRY_COLUMNS}, received_at"
+_INSERT_ENTRY = (
+    f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING"
+)
+_INSERT_PENDING = (
+    f"INSERT INTO pending_statuses ({_PENDING_COLUMNS}) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+)
+_WRITE_STATE = (
+    "UPDATE messages SET status = ?, accepted_at = ?, sent_at = ?, delivered_at = ?, read_at = ?, "
+    "failed_at = ?, error_code = ?, error_detail = ?, updated_at = ? WHERE message_id = ?"
+)
+# Each lookup [message id, channel, provider id] of a batch (a JSON array) resolved as
+# record_status does.
+_RESOLVE = """
+SELECT j.key, coalesce(
+  (SELECT m.message_id FROM messages m WHERE m.message_id = json_extract(j.value, '$[0]')),
+  (SELECT m.message_id FROM messages m WHERE m.channel = json_extract(j.value, '$[1]')
+     AND m.provider_message_id = json_extract(j.value, '$[2]') ORDER BY m.created_at DESC LIMIT 1))
+FROM json_each(?) AS j
+"""
 
 
 def _ms(moment: datetime | None) -> int | None:
@@ -54,6 +77,22 @@ def _record(row: Any) -> MessageRecord:
     return MessageRecord(
         mid, channel, DeliveryStatus(status), from_ms(created), from_ms(updated), *texts, *times
     )
+
+
+def _state_args(state: StatusState, now: int, message_id: str) -> list[Any]:
+    assert state.status is not None
+    return [
+        state.status.value,
+        _ms(state.accepted_at),
+        _ms(state.sent_at),
+        _ms(state.delivered_at),
+        _ms(state.read_at),
+        _ms(state.failed_at),
+        state.error_code,
+        state.error_detail,
+        now,
+        message_id,
+    ]
 
 
 _PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON")
@@ -178,8 +217,7 @@ class SqliteMessageStore:
                 )
             if found is None:
                 await db.execute(
-                    f"INSERT INTO pending_statuses ({_PENDING_COLUMNS}) "
-                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    _INSERT_PENDING,
                     (channel, provider_message_id, status.value, to_ms(at), error_code, error_detail, now),
                 )
                 return
@@ -187,6 +225,47 @@ class SqliteMessageStore:
             await self._refold(db, found, now)
 
         await self._run("record_status", run, write=True)
+
+    async def record_statuses(self, updates: Sequence[StatusUpdate]) -> None:
+        """See :meth:`MessageStore.record_statuses`.
+
+        One ``BEGIN IMMEDIATE`` transaction: the batch's lookups resolved in one query, history and
+        pending rows inserted in the batch's order, the touched messages folded from their
+        histories (one query) and written back.
+        """
+        batch = list(updates)
+        if not batch:
+            return
+
+        async def run(db: aiosqlite.Connection) -> None:
+            now = to_ms(self._clock.now())
+            wanted = lookups(batch)
+            async with db.execute(_RESOLVE, (json.dumps(wanted),)) as cursor:
+                found = {wanted[row[0]]: row[1] for row in await cursor.fetchall()}
+            entries, waiting = [], []
+            for update in batch:
+                mid = found[lookup_of(update)]
+                values = (update.status.value, to_ms(update.at), update.error_code, update.error_detail)
+                if mid is None:
+                    waiting.append((update.channel, update.provider_message_id, *values, now))
+                else:
+                    entries.append((mid, *values))
+            if entries:
+                await db.executemany(_INSERT_ENTRY, entries)
+            if waiting:
+                await db.executemany(_INSERT_PENDING, waiting)
+            ids = sorted({mid for mid in found.values() if mid is not None})
+            if not ids:
+                return
+            async with db.execute(
+                f"SELECT message_id, {_ENTRY_COLUMNS} FROM message_statuses "
+                "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, occurred_at, id",
+                (json.dumps(ids),),
+            ) as cursor:
+                states = fold_by_message((row[0], _entry(row[1:])) for row in await cursor.fetchall())
+            await db.executemany(_WRITE_STATE, [_state_args(states[mid], now, mid) for mid in ids])
+
+        await self._run("record_statuses", run, write=True)
 
     async def get(self, message_id: str) -> MessageRecord | None:
         """See :meth:`MessageStore.get`."""
@@ -250,31 +329,14 @@ class SqliteMessageStore:
     @staticmethod
     async def _append(db: aiosqlite.Connection, message_id: str, entry: StatusEntry) -> None:
         await db.execute(
-            f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES (?,?,?,?,?) "
-            "ON CONFLICT DO NOTHING",
+            _INSERT_ENTRY,
             (message_id, entry.status.value, to_ms(entry.occurred_at), entry.error_code, entry.error_detail),
         )
 
     async def _refold(self, db: aiosqlite.Connection, message_id: str, now: int) -> None:
         """Fold the message's whole history again (a handful of rows) and write the result."""
         state = fold_all(await self._entries(db, message_id))
-        assert state.status is not None
-        await db.execute(
-            "UPDATE messages SET status = ?, accepted_at = ?, sent_at = ?, delivered_at = ?, read_at = ?, "
-            "failed_at = ?, error_code = ?, error_detail = ?, updated_at = ? WHERE message_id = ?",
-            [
-                state.status.value,
-                _ms(state.accepted_at),
-                _ms(state.sent_at),
-                _ms(state.delivered_at),
-                _ms(state.read_at),
-                _ms(state.failed_at),
-                state.error_code,
-                state.error_detail,
-                now,
-                message_id,
-            ],
-        )
+        await db.execute(_WRITE_STATE, _state_args(state, now, message_id))
 
     async def _migrate(self, db: aiosqlite.Connection) -> int:
         await db.execute("BEGIN IMMEDIATE")
