@@ -137,7 +137,7 @@ def test_disable_plugins_environment_variable_blocks_a_plugin():
     assert "console" not in {info.name for info in service.plugins()}
 
 
-async def test_a_disabled_channel_plugin_cannot_be_sent_to():
+async def test_a_disabled_channel_plugin_cannot_be_sent_to(isolated_env):
     config = load_config(environ={"OMNICHANNEL_DISABLE_PLUGINS": "console"})
     async with OmniChannelService(config, plugins=[("rec", RecordingChannel())], environ={}) as service:
         with pytest.raises(UnknownChannelError) as info:

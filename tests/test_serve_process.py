@@ -38,6 +38,7 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path):
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd=tmp_path,  # the message store's default SQLite file goes there
     )
     try:
         banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)
@@ -54,6 +55,9 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path):
             verify = {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"}
             async with http.get(f"http://127.0.0.1:{port}/webhooks/whatsapp", params=verify) as response:
                 assert response.status == 403  # the WhatsApp plugin's webhook route is mounted
+            async with http.get(f"http://127.0.0.1:{port}/stats") as response:
+                assert response.status == 200  # the message store's REST route
+                assert (await response.json())["messages"]["total"] == 0
             async with http.get(f"http://127.0.0.1:{port}/nope") as response:
                 assert response.status == 404
                 assert (await response.json())["error"]["type"] == "Not Found"

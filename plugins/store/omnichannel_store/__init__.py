@@ -9,6 +9,11 @@ It listens to the events of the send pipeline and of the channels' webhooks and 
 * ``StatusChanged`` → ``record_status``; the store keeps a status that outran the send's record
   and applies it when the send is recorded.
 
+Events are written with group commit (``writer.GroupWriter``): each listener call returns once
+its event is in the store, and the events that arrive meanwhile share the next write (statuses
+in one ``record_statuses`` transaction). ``register_routes`` adds ``GET /stats`` and
+``GET /messages/{message_id}`` to ``omnichannel serve`` (``routes``).
+
 ``startup`` opens the store (and applies the schema migrations when ``upgrade_on_start``);
 ``shutdown`` closes it. A store that fails never fails a send: the error is raised from the
 listener as a :class:`StoreWriteError` naming the message and the store (password masked), and the
@@ -26,23 +31,15 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeAlias
 
-from omnichannel import (
-    Clock,
-    DeliveryFailed,
-    DeliveryStatus,
-    Event,
-    MessageSent,
-    StatusChanged,
-    Template,
-    hookimpl,
-)
+from omnichannel import Clock, DeliveryFailed, Event, MessageSent, Route, StatusChanged, hookimpl
 
 from .config import DEFAULT_URL, StoreConfig, display_url
+from .writer import GroupWriter, Recorded, record
 
 if TYPE_CHECKING:
     import click
 
-    from omnichannel import ErrorInfo, Message, OmniChannelService
+    from omnichannel import OmniChannelService
     from omnichannel.store import MessageStore
 
 __all__ = [
@@ -54,11 +51,13 @@ __all__ = [
     "display_url",
     "message_store",
     "plugin",
+    "record",
 ]
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "store"
+WRITER_STATE = "store.writer"
 
 StoreFactory: TypeAlias = Callable[[str, Clock], "MessageStore | Awaitable[MessageStore]"]
 """Opens the store at a URL: ``(url, clock) -> MessageStore`` (or an awaitable of one)."""
@@ -122,9 +121,13 @@ class StorePlugin:
                 config.retention_days,
             )
         service.state[PLUGIN_NAME] = store
+        service.state[WRITER_STATE] = GroupWriter(store, max_batch=config.max_batch)
 
     @hookimpl
     async def shutdown(self, service: OmniChannelService) -> None:
+        writer: GroupWriter | None = service.state.pop(WRITER_STATE, None)
+        if writer is not None:
+            await writer.drain()
         store: MessageStore | None = service.state.pop(PLUGIN_NAME, None)
         if store is not None:
             await store.close()
@@ -133,16 +136,22 @@ class StorePlugin:
     async def on_event(self, event: Event, service: OmniChannelService) -> None:
         if not isinstance(event, MessageSent | DeliveryFailed | StatusChanged):
             return
-        store = message_store(service)
-        if store is None:  # not started: nothing to write to
+        writer: GroupWriter | None = service.state.get(WRITER_STATE)
+        if writer is None:  # not started: nothing to write to
             return
         try:
-            await record(store, event)
+            await writer.write(event)
         except Exception as exc:
             url = display_url(service.plugin_config(StoreConfig).url)
             raise StoreWriteError(
                 f"could not record {_describe(event)} in the message store {url}: {exc}"
             ) from exc
+
+    @hookimpl
+    def register_routes(self, service: OmniChannelService) -> list[Route]:
+        from .routes import store_routes
+
+        return store_routes(service, lambda: message_store(service))
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:
@@ -152,61 +161,7 @@ class StorePlugin:
         cli.add_command(stats_command(self))
 
 
-async def record(store: MessageStore, event: MessageSent | DeliveryFailed | StatusChanged) -> None:
-    """Write what ``event`` says to ``store``."""
-    if isinstance(event, StatusChanged):
-        await store.record_status(
-            channel=event.channel,
-            provider_message_id=event.provider_message_id,
-            status=event.status,
-            at=event.occurred_at,
-            message_id=event.message_id,
-            error_code=_code(event.error),
-            error_detail=event.error.detail if event.error else None,
-        )
-        return
-    receipt = event.receipt
-    template, language = _template(event.message)
-    if isinstance(event, MessageSent):
-        queued = receipt.status is DeliveryStatus.QUEUED
-        await store.record_send(
-            message_id=receipt.message_id,
-            channel=receipt.channel,
-            status=DeliveryStatus.QUEUED if queued else DeliveryStatus.ACCEPTED,
-            at=event.occurred_at,
-            recipient=event.message.recipient,
-            provider_message_id=receipt.provider_message_id,
-            template=template,
-            language=language,
-        )
-        return
-    if not receipt.channel:  # failed before any channel was chosen: there is nothing to track
-        return
-    await store.record_send(
-        message_id=receipt.message_id,
-        channel=receipt.channel,
-        status=DeliveryStatus.FAILED,
-        at=event.occurred_at,
-        recipient=event.message.recipient,
-        provider_message_id=receipt.provider_message_id,
-        template=template,
-        language=language,
-        error_kind=receipt.error.kind if receipt.error else None,
-        error_code=_code(receipt.error),
-        error_detail=receipt.error.detail if receipt.error else None,
-    )
-
-
-def _template(message: Message) -> tuple[str | None, str | None]:
-    content = message.content
-    return (content.name, content.language) if isinstance(content, Template) else (None, None)
-
-
-def _code(error: ErrorInfo | None) -> str | None:
-    return None if error is None or error.code is None else str(error.code)
-
-
-def _describe(event: MessageSent | DeliveryFailed | StatusChanged) -> str:
+def _describe(event: Recorded) -> str:
     if isinstance(event, StatusChanged):
         return f"status {event.status.value} of {event.channel} message {event.provider_message_id}"
     kind = "send" if isinstance(event, MessageSent) else "failure"

@@ -35,6 +35,11 @@ def _retention(_: object, attribute: attrs.Attribute[Any], value: float | None) 
         raise InvalidField(attribute.name, f"must be > 0 days, got {value!r}")
 
 
+def _positive(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 1:
+        raise InvalidField(attribute.name, f"must be >= 1, got {value!r}")
+
+
 @attrs.frozen
 class StoreConfig:
     """Settings of the message-store plugin.
@@ -47,8 +52,11 @@ class StoreConfig:
     :param retention_days: after this many days a message's recipient and error details are
         dropped (its counts and times stay for the analytics); applied when the service starts.
         ``None`` (default): kept.
+    :param max_batch: the most events one write of the store takes (events that arrive while
+        the store is busy are written together).
     """
 
     url: str = attrs.field(default=DEFAULT_URL, validator=_url, repr=_masked_repr)
     upgrade_on_start: bool = True
     retention_days: float | None = attrs.field(default=None, validator=_retention)
+    max_batch: int = attrs.field(default=500, validator=_positive)

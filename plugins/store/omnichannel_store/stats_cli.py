@@ -3,7 +3,7 @@
 The store of ``[plugins.store] url`` is opened with the plugin's factory (as ``omnichannel db``
 does) and queried with :mod:`omnichannel.store.analytics`. The range is ``[--from, --to)`` on the
 messages' creation time; by default the last 24 hours. ``--json`` prints
-``{"messages": MessageStats, "templates": [TemplatePerformance, ...]}`` as the REST service will.
+``{"messages": MessageStats, "templates": [TemplatePerformance, ...]}``, as ``GET /stats`` answers.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from omnichannel import service_from_context
-from omnichannel.serde import make_converter
 
 from .config import StoreConfig, display_url
+from .report import StatsQuery, stats_json, stats_report
 
 if TYPE_CHECKING:
     from omnichannel.store import MessageStore
@@ -27,18 +26,7 @@ if TYPE_CHECKING:
 
     from . import StorePlugin
 
-__all__ = ["parse_time", "stats_command"]
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO date or date-time; without a time zone, UTC. ``2026-03-01`` is its midnight."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is not an ISO date or date-time (2026-03-01, 2026-03-01T12:00)"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+__all__ = ["stats_command"]
 
 
 def _pct(rate: float | None) -> str:
@@ -124,22 +112,25 @@ def stats_command(plugin: StorePlugin) -> click.Command:
         start: str | None, end: str | None, channel: str | None, template: str | None, as_json: bool
     ) -> None:
         """Message stats and template performance over [--from, --to) (ISO dates, UTC by default)."""
-        from omnichannel.store.analytics import message_stats, template_performance
-
         service = service_from_context()
         config = service.plugin_config(StoreConfig)
         url = display_url(config.url)
-        until = parse_time(end) if end else service.clock.now()
-        since = parse_time(start) if start else until - timedelta(hours=24)
-        if not since < until:
-            raise click.BadParameter(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
+        try:
+            query = StatsQuery.parse(
+                start=start,
+                end=end,
+                now=service.clock.now(),
+                channel=channel,
+                template=template,
+                names=("--from", "--to"),
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
 
         async def main() -> tuple[MessageStats, list[TemplatePerformance]]:
             store: MessageStore = await plugin.open_store(config.url, service.clock)
             try:
-                found = await message_stats(store, start=since, end=until, channel=channel, template=template)
-                rows = await template_performance(store, start=since, end=until, template=template)
-                return found, rows
+                return await stats_report(store, query)
             finally:
                 await store.close()
 
@@ -148,12 +139,7 @@ def stats_command(plugin: StorePlugin) -> click.Command:
         except Exception as exc:
             raise click.ClickException(f"message store {url}: {type(exc).__name__}: {exc}") from exc
         if as_json:
-            converter = make_converter()
-            document: dict[str, Any] = {
-                "messages": converter.unstructure(found),
-                "templates": converter.unstructure(rows),
-            }
-            click.echo(json.dumps(document, indent=2))
+            click.echo(json.dumps(stats_json(found, rows), indent=2))
         else:
             _render(url, found, rows)
 

@@ -5,13 +5,16 @@ a template campaign through the command bus and the full send pipeline (every
 installed plugin takes part: resilience and metrics when present), injects an
 outage in the middle and shows what happened to each message, lets the status
 webhooks come back through the real, signed webhook route, and ends with a table
-of what was sent, delivered, read and failed.
+of what was sent, delivered, read and failed. When the message-store plugin is
+installed, the demo keeps its messages in a temporary SQLite file and prints the
+store's own report (``GET /stats``) too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -157,6 +160,8 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
         seed=7,
     )
     tracker = Tracker(echo=echo)
+    folder = tempfile.TemporaryDirectory(prefix="omnichannel-demo-")
+    store_url = f"sqlite:///{folder.name}/messages.sqlite3"
     async with Sandbox(settings) as sandbox:
         config = ServiceConfig(
             plugins={
@@ -174,6 +179,8 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
                 "resilience": PluginSettings(
                     settings={"retry": {"initial_delay_s": 0.1, "max_delay_s": 1.0}}
                 ),
+                # Kept for the demo's life only (the default is a file in the working directory).
+                "store": PluginSettings(settings={"url": store_url}),
             }
         )
         service = OmniChannelService(config, plugins=[("demo-tracker", tracker)])
@@ -181,6 +188,7 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
         echo(f"omnichannel demo: WhatsApp sandbox at {sandbox.url}, webhooks to {settings.webhook_url}")
         echo(f"plugins: {names}")
         metrics: list[str] = []
+        report: list[str] = []
         runner = web.AppRunner(make_app(service, manage_service=False))
         await runner.setup()
         try:
@@ -190,10 +198,16 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
                 echo("waiting for the status webhooks ...")
                 await sandbox.dispatcher.drain(timeout_s=20)
                 metrics = await _scrape(service, f"http://{host}:{port}/metrics")
+                report = await _stats(service, f"http://{host}:{port}/stats")
         finally:
             await runner.cleanup()
+            folder.cleanup()
     counts = Counter(str(status) for status in tracker.status.values())
     _summary(tracker, counts, echo)
+    if report:
+        echo("\nmessage store (GET /stats, the store plugin)")
+        for line in report:
+            echo(f"  {line}")
     if metrics:
         echo("\nmetrics (GET /metrics, the metrics plugin)")
         for line in metrics:
@@ -249,6 +263,39 @@ async def _scrape(service: OmniChannelService, url: str) -> list[str]:
             return []
         text = await response.text()
     return [line for line in text.splitlines() if line.startswith(_SHOWN_METRICS)]
+
+
+async def _stats(service: OmniChannelService, url: str) -> list[str]:
+    """The store's report of the campaign (nothing when the store plugin is not there)."""
+    async with service.http.get(url) as response:
+        if response.status != 200:
+            return []
+        document = await response.json()
+    stats = document["messages"]
+
+    def rate(name: str) -> str:
+        value = stats[name]
+        return "-" if value is None else f"{value * 100:.0f}%"
+
+    def latency(name: str) -> str:
+        p50, p95 = stats[name]["p50"], stats[name]["p95"]
+        return "-" if p50 is None else f"p50 {p50:.2f} s, p95 {p95:.2f} s"
+
+    lines = [
+        f"messages {stats['total']}, delivered {stats['delivered']}, read {stats['read']}, "
+        f"failed {stats['failed']}",
+        f"delivery rate {rate('delivery_rate')}, read rate {rate('read_rate')}",
+        f"send to delivered {latency('to_delivered')}; send to read {latency('to_read')}",
+    ]
+    errors = ", ".join(f"{e['code']} x{e['count']}" for e in stats["by_error_code"])
+    if errors:
+        lines.append(f"error codes: {errors}")
+    for row in document["templates"]:
+        lines.append(
+            f"template {row['template']} ({row['language']}): {row['total']} sent, "
+            f"{row['delivered']} delivered, {row['read']} read, {row['failed']} failed"
+        )
+    return lines
 
 
 def _summary(tracker: Tracker, counts: Counter[str], echo: Any) -> None:

@@ -24,6 +24,9 @@ async def test_the_demo_accounts_for_every_message():
     assert all("attempt 1 failed: TransientDeliveryError (code 2)" in line for line in retries)
     assert text.count("(attempt 2)") == 3
     assert "failed: code 131026" in text
+    # The store plugin's report (GET /stats) of the demo's temporary message store.
+    assert "  messages 12, delivered 11, read" in text
+    assert "  error codes: 131026 x1" in text
     # The demo's own /metrics, served by the metrics plugin: every message was accepted once.
     assert '  omnichannel_messages_sent_total{channel="whatsapp",sender="106540352242922"} 12.0' in lines
 
