@@ -339,6 +339,7 @@ def row_message(service: OmniChannelService, campaign: Campaign, row: Row) -> Me
         content,
         channel=campaign.channel,
         route=campaign.route,
+        id=key,  # one message, however often it is tried: its records and webhooks match the key
         idempotency_key=key,
         metadata={"campaign_id": campaign.campaign_id},
     )

@@ -62,7 +62,8 @@ STATUS_RANK = {
 
 @attrs.define
 class Tracker:
-    """A listener plugin: the furthest status of every message of the campaign."""
+    """A listener plugin: the furthest status of every message of the campaign, by the
+    message's idempotency key (what status webhooks carry back)."""
 
     echo: Any = None
     """Where retries and breaker moves are shown as they happen (``None``: not shown)."""
@@ -86,12 +87,12 @@ class Tracker:
             self.echo(f"  breaker   {event.channel}:{event.sender}  {event.previous} -> {event.current}")
         elif isinstance(event, MessageSent):
             # A resend that succeeds after a failure: the message is on its way after all.
-            if self.status.get(event.message.id) in (None, DeliveryStatus.FAILED):
-                self.status[event.message.id] = DeliveryStatus.ACCEPTED
-                self.reasons.pop(event.message.id, None)
+            if self.status.get(event.message.key) in (None, DeliveryStatus.FAILED):
+                self.status[event.message.key] = DeliveryStatus.ACCEPTED
+                self.reasons.pop(event.message.key, None)
         elif isinstance(event, DeliveryFailed) and event.receipt.error is not None:
-            self.status[event.message.id] = DeliveryStatus.FAILED
-            self.reasons[event.message.id] = event.receipt.error.kind
+            self.status[event.message.key] = DeliveryStatus.FAILED
+            self.reasons[event.message.key] = event.receipt.error.kind
         elif isinstance(event, StatusChanged) and event.message_id is not None:
             self.webhooks += 1
             self._advance(event)

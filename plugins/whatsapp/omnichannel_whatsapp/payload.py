@@ -5,12 +5,13 @@ Every message gets the same envelope::
     {"messaging_product": "whatsapp", "recipient_type": "individual",
      "to": "16505551234", "type": "text", "text": {...},
      "context": {"message_id": "wamid..."},     # only when the message replies to another
-     "biz_opaque_callback_data": "<message id>"}
+     "biz_opaque_callback_data": "<idempotency key>"}
 
-``biz_opaque_callback_data`` carries our message id so that every status
-webhook of the message maps back to it. The object named after ``type`` is
-built by one small function per content kind. Optional fields that are not set
-are left out, never sent as ``null``.
+``biz_opaque_callback_data`` carries the message's idempotency key (its id unless
+the caller gave a key) so that every status webhook of the message maps back to
+it, even when the send's answer was lost (see ``StatusChanged.message_id``).
+The object named after ``type`` is built by one small function per content
+kind. Optional fields that are not set are left out, never sent as ``null``.
 
 ``build_payload`` does not check anything: ``validate_message`` (validation.py)
 runs first, through the ``validate`` hook.
@@ -75,7 +76,7 @@ def build_payload(message: Message) -> WhatsAppPayload:
     }
     if message.reply_to is not None:
         body["context"] = {"message_id": message.reply_to}
-    body["biz_opaque_callback_data"] = message.id
+    body["biz_opaque_callback_data"] = message.key
     body[kind] = content
     return WhatsAppPayload(body)
 

@@ -97,7 +97,10 @@ _HEADER_MEDIA = _CAPTIONED
 def validate_message(message: Message) -> list[str]:
     """Every reason the Cloud API would refuse ``message``, as ``"<field>: <what to fix>"`` lines."""
     problems = list(_recipient_problems(message.recipient))
-    problems += _too_long("id", message.id, CALLBACK_DATA_MAX, " (it is sent as biz_opaque_callback_data)")
+    key_field = "idempotency_key" if message.idempotency_key else "id"
+    problems += _too_long(
+        key_field, message.key, CALLBACK_DATA_MAX, " (it is sent as biz_opaque_callback_data)"
+    )
     problems += _content_problems(message)
     return problems
 
