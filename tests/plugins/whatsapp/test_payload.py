@@ -86,9 +86,11 @@ def test_no_context_without_reply_to():
     assert "context" not in build(Text("hi"))
 
 
-def test_message_id_is_the_callback_data():
+def test_the_idempotency_key_is_the_callback_data():
     message = Message("+16505551234", Text("hi"))
-    assert build_payload(message).body["biz_opaque_callback_data"] == message.id
+    assert build_payload(message).body["biz_opaque_callback_data"] == message.id  # the key by default
+    keyed = Message("+16505551234", Text("hi"), idempotency_key="campaign-7:+16505551234")
+    assert build_payload(keyed).body["biz_opaque_callback_data"] == "campaign-7:+16505551234"
 
 
 # ---------------------------------------------------------------- media

@@ -144,6 +144,13 @@ def test_message_id_is_limited_by_the_callback_data():
     ]
 
 
+def test_an_idempotency_key_is_the_callback_data_instead_of_the_id():
+    assert problems(Text("hi"), id="x" * 600, idempotency_key="k") == []
+    assert problems(Text("hi"), idempotency_key="k" * 513) == [
+        "idempotency_key: 513 characters, at most 512 (it is sent as biz_opaque_callback_data)"
+    ]
+
+
 # ---------------------------------------------------------------- text and media
 
 
