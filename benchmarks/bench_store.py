@@ -19,8 +19,12 @@ is a file in a temporary folder; PostgreSQL (``--dsn``, default
 
 Analytics: after ``upgrade()``, 1,000,000 ``messages`` rows (and ``message_statuses`` for a
 tenth of them) are bulk-loaded with one ``INSERT ... SELECT`` (PostgreSQL ``generate_series``,
-SQLite a recursive CTE) over 30 days, then ``message_stats`` and ``template_performance`` over
-the whole range are timed, best of 3.
+SQLite a recursive CTE) over 30 days, around the store, so the aggregates are then built by
+``rebuild_aggregates()`` (the same SQL as the schema migration's backfill; timed). Then
+``message_stats`` and ``template_performance`` over the whole range are timed, best of 3, and
+``message_stats`` over a range that starts and ends inside an hour (the partial hours read from
+``messages``); ``message_stats(exact=True)`` (every latency read and sorted) is timed once, and
+its percentiles compared with the approximate ones (the histograms).
 
 Targets: at least 5,000 status events/s into PostgreSQL with batching (``record_statuses``); a
 stats query over 1M messages under 1 s. Every schema and file created is dropped at the end.
@@ -251,17 +255,69 @@ async def best_of(step: Callable[[], Awaitable[Any]], repeat: int = 3) -> tuple[
     return best, result
 
 
+async def raw_count(store: MessageStore, start: datetime, end: datetime) -> int:
+    """The messages created in ``[start, end)``, counted in ``messages`` (not the aggregates)."""
+    if isinstance(store, SqliteMessageStore):
+        from omnichannel.store.sqlite_stats import DIALECT, runner
+    else:
+        from omnichannel.store.postgres_stats import DIALECT, runner  # type: ignore[assignment]
+
+    async def work(fetch: Fetch) -> int:
+        rows = await fetch(
+            "SELECT count(*) FROM messages WHERE created_at >= ? AND created_at < ?",
+            [DIALECT.time(start), DIALECT.time(end)],
+        )
+        return int(rows[0][0])
+
+    return await runner(store)(work)  # type: ignore[arg-type]
+
+
+def worst_error(approximate: Any, exact: Any) -> float:
+    """The largest relative difference of the approximate percentiles from the exact ones."""
+    worst = 0.0
+    for name in ("to_delivered", "to_read"):
+        a, e = getattr(approximate, name), getattr(exact, name)
+        if a.count != e.count:
+            raise RuntimeError(f"{name}: {a.count} latencies, exact scan {e.count}")
+        for got, want in ((a.p50, e.p50), (a.p95, e.p95)):
+            if got is not None and want:
+                worst = max(worst, abs(got - want) / abs(want))
+    return worst
+
+
 async def time_stats(store: MessageStore, n: int, explain: bool) -> dict[str, Any]:
     start, end = BASE, BASE + SPAN + timedelta(days=1)
     stats_s, stats = await best_of(lambda: message_stats(store, start=start, end=end))
     perf_s, rows = await best_of(lambda: template_performance(store, start=start, end=end))
     if stats.total != n:
         raise RuntimeError(f"message_stats counted {stats.total} messages, not {n}")
+    t0 = time.perf_counter()
+    exact = await message_stats(store, start=start, end=end, exact=True)
+    exact_s = time.perf_counter() - t0
+    # A range that starts and ends inside an hour: aggregates plus two partial hours.
+    inner = (BASE + timedelta(hours=5, minutes=17, seconds=3), BASE + SPAN - timedelta(hours=3, minutes=41))
+    inner_s, inner_stats = await best_of(lambda: message_stats(store, start=inner[0], end=inner[1]))
+    expected = await raw_count(store, *inner)
+    if inner_stats.total != expected:
+        raise RuntimeError(
+            f"message_stats counted {inner_stats.total} messages in the inner range, not {expected}"
+        )
     return {
         "messages": n,
         "message_stats_s": stats_s,
         "template_performance_s": perf_s,
         "templates": len(rows),
+        "message_stats_exact_s": exact_s,
+        "percentile_error": worst_error(stats, exact),
+        "inner_range_s": inner_s,
+        "inner_range_messages": inner_stats.total,
+        "to_delivered": [
+            stats.to_delivered.p50,
+            stats.to_delivered.p95,
+            exact.to_delivered.p50,
+            exact.to_delivered.p95,
+        ],
+        "to_read": [stats.to_read.p50, stats.to_read.p95, exact.to_read.p50, exact.to_read.p95],
         "queries": await query_breakdown(store, start, end, explain),
     }
 
@@ -336,15 +392,29 @@ async def run_backend(
             await store.close()
             load_s = load_sqlite(Path(store.path), stats_n)
             store = make(10, "stats")
+        assert isinstance(store, SqliteMessageStore | PostgresMessageStore)
+        t0 = time.perf_counter()
+        await store.rebuild_aggregates()
+        rebuild_s = time.perf_counter() - t0
         stats = await time_stats(store, stats_n, explain)
     finally:
         await store.close()
     stats["load_s"] = load_s
+    stats["rebuild_s"] = rebuild_s
     result["stats"] = stats
     log(
-        f"{name:<10} load {stats_n:,} messages {load_s:6.1f} s; "
+        f"{name:<10} load {stats_n:,} messages {load_s:6.1f} s, aggregates built in {rebuild_s:.1f} s; "
         f"message_stats {stats['message_stats_s']:.3f} s, "
         f"template_performance {stats['template_performance_s']:.3f} s (best of 3)"
+    )
+    log(
+        f"{'':<10} message_stats of a range cut inside hours ({stats['inner_range_messages']:,} messages) "
+        f"{stats['inner_range_s']:.3f} s; exact=True {stats['message_stats_exact_s']:.3f} s; "
+        f"approximate percentiles at most {stats['percentile_error'] * 100:.2f} % off "
+        f"(delivered p50/p95 {stats['to_delivered'][0]:.2f}/{stats['to_delivered'][1]:.2f} s vs "
+        f"{stats['to_delivered'][2]:.2f}/{stats['to_delivered'][3]:.2f} s exact; read "
+        f"{stats['to_read'][0]:.1f}/{stats['to_read'][1]:.1f} s vs "
+        f"{stats['to_read'][2]:.1f}/{stats['to_read'][3]:.1f} s)"
     )
     for q in sorted(stats["queries"], key=lambda q: -q["s"]):
         log(f"{'':<10}   {q['s'] * 1000:8.1f} ms  {q['sql']}")

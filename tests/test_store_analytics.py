@@ -37,6 +37,7 @@ import pytest
 from click.testing import CliRunner
 from test_store_backends import PG_URL, pg_schema  # noqa: F401  (the fixture)
 
+import omnichannel.store.analytics
 import omnichannel_store.stats_cli
 from omnichannel import PluginSettings, ServiceConfig
 from omnichannel.message import DeliveryStatus
@@ -52,6 +53,7 @@ from omnichannel.store.analytics import (
 )
 from omnichannel.store.postgres import PostgresMessageStore
 from omnichannel.store.postgres_stats import numbered
+from omnichannel.store.rollup import RELATIVE_ERROR
 from omnichannel.store.sqlite import SqliteMessageStore
 from omnichannel.testing import FakeClock, make_service
 from omnichannel_store import StorePlugin
@@ -169,6 +171,41 @@ async def test_message_stats_of_the_hour(store: Any) -> None:
     assert list(stats.by_status) == [s.value for s in DeliveryStatus]
 
 
+async def test_percentiles_are_approximate_above_the_exact_limit(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(omnichannel.store.analytics, "EXACT_LIMIT", 8)
+    stats = await message_stats(store, start=T0, end=T0 + HOUR)  # 9 messages: from the histograms
+    assert (stats.total, stats.delivered, stats.by_error_code[0]) == (9, 5, ErrorCount("131026", 2))
+    assert (stats.to_delivered.count, stats.to_delivered.approximate) == (5, True)
+    assert stats.to_delivered.p50 == pytest.approx(30.0, rel=RELATIVE_ERROR)
+    assert stats.to_delivered.p95 == pytest.approx(88.0, rel=RELATIVE_ERROR)
+    assert stats.to_read.p50 == pytest.approx(85.0, rel=RELATIVE_ERROR)
+    small = await message_stats(store, start=T0, end=T0 + HOUR, channel="sms")  # 3 messages: exact
+    assert small.to_delivered == Latency(1, 40.0, 40.0, approximate=False)
+    forced = await message_stats(store, start=T0, end=T0 + HOUR, exact=True)
+    assert forced.to_delivered == Latency(5, 30.0, pytest.approx(88.0))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+async def test_a_status_stamped_before_the_send_is_a_latency_of_zero(backend: Any, exact: bool) -> None:
+    # WhatsApp stamps statuses in whole seconds: a delivery within the send's second looks early.
+    clock = SetClock()
+    opened = backend(clock)
+    try:
+        clock.moment = at(10.6)
+        await opened.record_send(
+            message_id="m", channel="whatsapp", status=A, at=at(10.6), provider_message_id="p"
+        )
+        await opened.record_status(channel="whatsapp", provider_message_id="p", status=D, at=at(10))
+        await opened.record_status(channel="whatsapp", provider_message_id="p", status=R, at=at(12))
+        stats = await message_stats(opened, start=T0, end=T0 + HOUR, exact=exact)
+    finally:
+        await opened.close()
+    assert (stats.to_delivered.p50, stats.to_delivered.p95) == (0.0, 0.0)
+    assert stats.to_read.p50 == pytest.approx(1.4, rel=RELATIVE_ERROR)
+
+
 async def test_top_errors_limit(store: Any) -> None:
     stats = await message_stats(store, start=T0, end=T0 + HOUR, top_errors=1)
     assert stats.by_error_code == [ErrorCount("131026", 2)]
@@ -251,7 +288,12 @@ async def test_results_are_json(store: Any) -> None:
     )
     assert document["messages"]["start"] == "2026-03-01T12:00:00+00:00"
     assert document["messages"]["by_error_code"][0] == {"code": "131026", "count": 2}
-    assert document["messages"]["to_read"] == {"count": 2, "p50": 85.0, "p95": pytest.approx(98.5)}
+    assert document["messages"]["to_read"] == {
+        "count": 2,
+        "p50": 85.0,
+        "p95": pytest.approx(98.5),
+        "approximate": False,
+    }
     assert document["templates"][0]["delivery_rate"] is None
     assert converter.structure(document["messages"], MessageStats) == stats
     assert converter.structure(document["templates"], list[TemplatePerformance]) == rows

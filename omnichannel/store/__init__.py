@@ -12,6 +12,11 @@ arrived after all (providers do report a failure and then a delivery). So duplic
 out-of-order webhooks give the same final state (``omnichannel.store.status.fold``). A status for
 a message the store does not know yet (the webhook outran the send's record) is kept and applied
 when the send is recorded.
+
+Next to the messages the store keeps aggregates, updated in the same transactions: counts and
+send-to-delivered/read latency histograms per UTC hour and day (:mod:`omnichannel.store.rollup`),
+so that :mod:`omnichannel.store.analytics` over a month reads aggregate rows (tens of thousands
+for a million messages), not every message.
 """
 
 from __future__ import annotations
@@ -90,6 +95,10 @@ class MessageStore(Protocol):
 
     async def upgrade(self) -> int:
         """Apply the schema migrations not applied yet; return the schema version."""
+
+    async def schema_version(self) -> int:
+        """The schema version applied to the database, without upgrading it (0 for an empty
+        database); compare with ``omnichannel.store.migrations.LATEST_VERSION``."""
 
     async def record_send(
         self,

@@ -3,17 +3,32 @@
 Both backends hold the same logical schema: ``messages`` (one row per message, its current state),
 ``message_statuses`` (every status entry of a message, duplicates dropped by a unique key),
 ``pending_statuses`` (statuses that arrived before their message's send was recorded, keyed by
-channel and provider message id) and ``schema_version``. SQLite keeps times as UTC epoch
-milliseconds, PostgreSQL as ``timestamptz``. A backend's ``upgrade()`` applies the migrations
+channel and provider message id), the aggregates ``message_counts`` and ``message_latencies``
+(version 2, backfilled from ``messages``: :mod:`omnichannel.store.rollup`) and
+``schema_version``. SQLite keeps times as UTC epoch milliseconds, PostgreSQL as
+``timestamptz``; SQLite's migrations may call ``omnichannel_latency_bucket``, which the store
+registers on its connection. A backend's ``upgrade()`` applies the migrations
 newer than the recorded version in one transaction, holding a lock that makes a second process
-wait (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``pg_advisory_xact_lock``).
+wait (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``pg_advisory_xact_lock``), so a migration runs
+once however many processes upgrade at once. ``schema_version()`` reads the applied version
+without upgrading; :data:`LATEST_VERSION` is the one this code brings.
 """
 
 from __future__ import annotations
 
 import attrs
 
-__all__ = ["LATEST", "MESSAGE_COLUMNS", "MIGRATIONS", "SCHEMA_VERSION_TABLE", "Migration", "pending"]
+from .rollup_sql import postgres_schema, sqlite_schema
+
+__all__ = [
+    "LATEST",
+    "LATEST_VERSION",
+    "MESSAGE_COLUMNS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION_TABLE",
+    "Migration",
+    "pending",
+]
 
 
 @attrs.frozen
@@ -109,10 +124,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=_initial("INTEGER", "INTEGER PRIMARY KEY"),
         postgres=_initial("TIMESTAMPTZ", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
     ),
+    Migration(2, sqlite=sqlite_schema(), postgres=postgres_schema()),
 )
 """Every migration, oldest first; append, never edit one that shipped."""
 
-LATEST = MIGRATIONS[-1].version
+LATEST_VERSION = MIGRATIONS[-1].version
+"""The schema version this code brings (``omnichannel db status`` compares it with
+``schema_version()``)."""
+LATEST = LATEST_VERSION
+"""The former name of :data:`LATEST_VERSION`."""
 
 
 def pending(current: int) -> list[Migration]:

@@ -4,6 +4,9 @@ Every write is one transaction. A status takes a transaction-scoped advisory loc
 (channel, provider message id) and then the message's row (``SELECT ... FOR UPDATE``); a send
 with a provider id takes the same advisory lock first, so a status that outruns its send is either
 seen by the send (pending) or finds the committed message. Migrations run under an advisory lock.
+A write that changes a message updates the aggregates (:mod:`omnichannel.store.rollup`) last in
+its transaction, in key order, so concurrent writers wait for each other's aggregate rows in one
+order and never deadlock.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ..urls import printable_url
 from . import MessageRecord, StatusEntry, StatusUpdate
 from .batch import fold_by_message, lock_keys, lookup_of, lookups
 from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
+from .rollup import Deltas, Facts, from_micros, micros
+from .rollup_sql import POSTGRES_ADD_COUNTS, POSTGRES_ADD_LATENCIES, rebuild, rows
 from .status import fold_all
 
 if TYPE_CHECKING:
@@ -36,6 +41,9 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _MIGRATION_LOCK = 0x6F6D6E69  # advisory lock class ids ("omni", "stat"), keyed by hashtext(...)
 _STATUS_LOCK = 0x73746174
 _ENTRY_COLUMNS = "status, occurred_at, error_code, error_detail"
+_FACTS = (
+    "created_at, channel, template, language, status, error_code, accepted_at, sent_at, delivered_at, read_at"
+)
 _PENDING_COLUMNS = f"channel, provider_message_id, {_ENTRY_COLUMNS}, received_at"
 _INSERT_ENTRY = (
     f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5) "
@@ -57,6 +65,25 @@ SELECT k.i, coalesce(
    ORDER BY m.created_at DESC LIMIT 1))
 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(mid, ch, pid, i)
 """
+
+
+def _facts(row: Any) -> Facts:
+    """A ``_FACTS`` row as :class:`Facts` (times in microseconds)."""
+    created, channel, template, language, status, code, *times = row
+    return Facts(
+        micros(created),
+        channel,
+        template,
+        language,
+        status,
+        code,
+        *(None if t is None else micros(t) for t in times),
+    )
+
+
+def _columns(changes: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column (``unnest`` parameters)."""
+    return [list(column) for column in zip(*changes, strict=True)]
 
 
 def _state_args(state: StatusState, now: datetime, message_id: str) -> tuple[Any, ...]:
@@ -109,6 +136,7 @@ class PostgresMessageStore:
         self._pool_size = pool_size
         self._connect_timeout_s = connect_timeout_s
         self._pool: Any = None
+        self._migrated = False
         self._closed = False
         self._opening = asyncio.Lock()
         self._asyncpg: Any = importlib.import_module("asyncpg")
@@ -142,15 +170,13 @@ class PostgresMessageStore:
             now = self._clock.now()
             if provider_message_id is not None:
                 await self._lock_status(conn, channel, provider_message_id)
-            await conn.execute(
+            # Insert, or else lock the existing row and read what the aggregates count of it (a
+            # concurrent first send of the same id makes the insert wait, then find its row).
+            old = None
+            if not await conn.fetchval(
                 f"INSERT INTO messages ({MESSAGE_COLUMNS}) "
                 "VALUES ($1,$2,$3,$4,$4,$5,$6,$7,$8,$9,NULL,NULL,NULL,NULL,NULL,NULL,NULL) "
-                "ON CONFLICT (message_id) DO UPDATE SET "
-                "recipient = coalesce(excluded.recipient, messages.recipient), "
-                "provider_message_id = coalesce(excluded.provider_message_id, messages.provider_message_id), "
-                "template = coalesce(excluded.template, messages.template), "
-                "language = coalesce(excluded.language, messages.language), "
-                "error_kind = coalesce(excluded.error_kind, messages.error_kind)",
+                "ON CONFLICT (message_id) DO NOTHING RETURNING true",
                 message_id,
                 channel,
                 status.value,
@@ -160,7 +186,23 @@ class PostgresMessageStore:
                 template,
                 language,
                 error_kind,
-            )
+            ):
+                row = await conn.fetchrow(
+                    f"SELECT {_FACTS} FROM messages WHERE message_id = $1 FOR UPDATE", message_id
+                )
+                old = _facts(row)
+                await conn.execute(
+                    "UPDATE messages SET recipient = coalesce($2, recipient), "
+                    "provider_message_id = coalesce($3, provider_message_id), "
+                    "template = coalesce($4, template), language = coalesce($5, language), "
+                    "error_kind = coalesce($6, error_kind) WHERE message_id = $1",
+                    message_id,
+                    recipient,
+                    provider_message_id,
+                    template,
+                    language,
+                    error_kind,
+                )
             await self._append(conn, message_id, StatusEntry(status, at, error_code, error_detail))
             if provider_message_id is not None:
                 await conn.execute(
@@ -176,7 +218,15 @@ class PostgresMessageStore:
                     channel,
                     provider_message_id,
                 )
-            await self._refold(conn, message_id, now)
+            state = await self._refold(conn, message_id, now)
+            base = old or Facts(micros(now), channel, None, None, status.value, None, None, None, None, None)
+            base = base._replace(
+                template=base.template if template is None else template,
+                language=base.language if language is None else language,
+            )
+            deltas = Deltas()
+            deltas.move(old, base.folded(state, micros))
+            await self._add(conn, deltas)
 
         await self._run("record_send", run, write=True)
 
@@ -198,13 +248,13 @@ class PostgresMessageStore:
             await self._lock_status(conn, channel, provider_message_id)
             found = None
             if message_id is not None:
-                found = await conn.fetchval(
-                    "SELECT message_id FROM messages WHERE message_id = $1 FOR UPDATE", message_id
+                found = await conn.fetchrow(
+                    f"SELECT message_id, {_FACTS} FROM messages WHERE message_id = $1 FOR UPDATE", message_id
                 )
             if found is None:
-                found = await conn.fetchval(
-                    "SELECT message_id FROM messages WHERE channel = $1 AND provider_message_id = $2 "
-                    "ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
+                found = await conn.fetchrow(
+                    f"SELECT message_id, {_FACTS} FROM messages WHERE channel = $1 "
+                    "AND provider_message_id = $2 ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
                     channel,
                     provider_message_id,
                 )
@@ -220,8 +270,12 @@ class PostgresMessageStore:
                     now,
                 )
                 return
-            await self._append(conn, found, StatusEntry(status, at, error_code, error_detail))
-            await self._refold(conn, found, now)
+            old = _facts(list(found)[1:])
+            await self._append(conn, found[0], StatusEntry(status, at, error_code, error_detail))
+            state = await self._refold(conn, found[0], now)
+            deltas = Deltas()
+            deltas.move(old, old.folded(state, micros))
+            await self._add(conn, deltas)
 
         await self._run("record_status", run, write=True)
 
@@ -231,7 +285,8 @@ class PostgresMessageStore:
         One transaction: the batch's status locks, in the order of their lock ids (so parallel
         batches never deadlock); its lookups resolved in one query; the messages' rows locked in
         id order; history and pending rows inserted in the batch's order; the touched messages
-        folded from their histories (one query) and written back.
+        folded from their histories (one query) and written back; the aggregates' changes summed
+        and applied (one statement per table).
         """
         batch = list(updates)
         if not batch:
@@ -251,12 +306,14 @@ class PostgresMessageStore:
             )
             found = {wanted[row[0] - 1]: row[1] for row in rows}
             ids = sorted({mid for mid in found.values() if mid is not None})
+            olds: dict[str, Facts] = {}
             if ids:
-                await conn.fetch(
-                    "SELECT 1 FROM messages WHERE message_id = ANY($1::text[]) "
+                locked = await conn.fetch(
+                    f"SELECT message_id, {_FACTS} FROM messages WHERE message_id = ANY($1::text[]) "
                     "ORDER BY message_id FOR UPDATE",
                     ids,
                 )
+                olds = {row[0]: _facts(list(row)[1:]) for row in locked}
             entries, waiting = [], []
             for update in batch:
                 mid = found[lookup_of(update)]
@@ -280,6 +337,10 @@ class PostgresMessageStore:
                 (row[0], StatusEntry(DeliveryStatus(row[1]), row[2], row[3], row[4])) for row in history
             )
             await conn.executemany(_WRITE_STATE, [_state_args(states[mid], now, mid) for mid in ids])
+            deltas = Deltas()
+            for mid in ids:
+                deltas.move(olds[mid], olds[mid].folded(states[mid], micros))
+            await self._add(conn, deltas)
 
         await self._run("record_statuses", run, write=True)
 
@@ -301,6 +362,29 @@ class PostgresMessageStore:
     async def history(self, message_id: str) -> list[StatusEntry]:
         """See :meth:`MessageStore.history`."""
         return await self._run("history", lambda conn: self._entries(conn, message_id))
+
+    async def schema_version(self) -> int:
+        """See :meth:`MessageStore.schema_version`: read without migrating (0 when the schema or
+        its ``schema_version`` table does not exist; neither is created)."""
+        pool = await self._connected(migrate=False)
+
+        async def run(conn: Any) -> int:
+            if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                return 0
+            return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+        return await self._run("schema_version", run, pool=pool)
+
+    async def rebuild_aggregates(self) -> None:
+        """Recount the aggregates from ``messages`` (one transaction, under the migration lock):
+        after rows were written around the store (a bulk load), or to repair them."""
+
+        async def run(conn: Any) -> None:
+            await self._lock_migrations(conn)
+            for statement in rebuild("postgres"):
+                await conn.execute(statement)
+
+        await self._run("rebuild_aggregates", run, write=True)
 
     async def forget_details(self, before: datetime) -> int:
         """See :meth:`MessageStore.forget_details`."""
@@ -353,16 +437,29 @@ class PostgresMessageStore:
             entry.error_detail,
         )
 
-    async def _refold(self, conn: Any, message_id: str, now: datetime) -> None:
-        """Fold the message's whole history again (a handful of rows) and write the result."""
+    async def _refold(self, conn: Any, message_id: str, now: datetime) -> StatusState:
+        """Fold the message's whole history again (a handful of rows), write and return the result."""
         state = fold_all(await self._entries(conn, message_id))
         await conn.execute(_WRITE_STATE, *_state_args(state, now, message_id))
+        return state
+
+    @staticmethod
+    async def _add(conn: Any, deltas: Deltas) -> None:
+        """Apply the aggregates' changes (last in the transaction, in key order)."""
+        counts, latencies = deltas.count_rows(), deltas.latency_rows()
+        if counts:
+            await conn.execute(POSTGRES_ADD_COUNTS, *_columns(rows(counts, from_micros)))
+        if latencies:
+            await conn.execute(POSTGRES_ADD_LATENCIES, *_columns(rows(latencies, from_micros)))
+
+    async def _lock_migrations(self, conn: Any) -> None:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, self.schema or "public"
+        )
 
     async def _migrate(self, conn: Any) -> int:
         async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, self.schema or "public"
-            )
+            await self._lock_migrations(conn)
             if self.schema is not None:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.execute(SCHEMA_VERSION_TABLE["postgres"])
@@ -377,9 +474,12 @@ class PostgresMessageStore:
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (OSError, self._asyncpg.PostgresError, self._asyncpg.InterfaceError)
 
-    async def _run(self, operation: str, run: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+    async def _run(
+        self, operation: str, run: Callable[[Any], Awaitable[T]], *, write: bool = False, pool: Any = None
+    ) -> T:
         """``run`` on a pooled connection (in a transaction if ``write``); errors become StoreError."""
-        pool = await self._connected()
+        if pool is None:
+            pool = await self._connected()
         try:
             async with pool.acquire() as conn:
                 if not write:
@@ -391,37 +491,41 @@ class PostgresMessageStore:
                 f"message store {printable_url(self.dsn)!r}: {operation} failed ({type(exc).__name__}: {exc})"
             ) from exc
 
-    async def _connected(self) -> Any:
-        """The pool; the first call creates it and migrates the schema."""
+    async def _connected(self, *, migrate: bool = True) -> Any:
+        """The pool; the first call creates it, the first with ``migrate`` migrates the schema."""
         async with self._opening:
-            if self._pool is not None:
-                return self._pool
             if self._closed:
                 raise StoreError(f"message store {printable_url(self.dsn)!r} is closed")
-            settings = {} if self.schema is None else {"search_path": self.schema}
-            try:
-                pool = await self._asyncpg.create_pool(
-                    self.dsn,
-                    min_size=0,
-                    max_size=self._pool_size,
-                    timeout=self._connect_timeout_s,
-                    server_settings=settings,
-                )
-            except self._errors() as exc:
-                where = printable_url(self.dsn)
-                raise StoreError(
-                    f"message store {where!r} cannot be opened ({type(exc).__name__}: {exc})"
-                ) from exc
-            try:
-                async with pool.acquire() as conn:
-                    await self._migrate(conn)
-            except BaseException as exc:
-                await pool.close()
-                if isinstance(exc, self._errors()):
-                    raise StoreError(
-                        f"message store {printable_url(self.dsn)!r} cannot be opened or migrated "
-                        f"({type(exc).__name__}: {exc})"
-                    ) from exc
-                raise
-            self._pool = pool
-            return pool
+            if self._pool is None:
+                self._pool = await self._create_pool()
+            if migrate and not self._migrated:
+                try:
+                    async with self._pool.acquire() as conn:
+                        await self._migrate(conn)
+                except BaseException as exc:
+                    pool, self._pool = self._pool, None
+                    await pool.close()
+                    if isinstance(exc, self._errors()):
+                        raise StoreError(
+                            f"message store {printable_url(self.dsn)!r} cannot be opened or migrated "
+                            f"({type(exc).__name__}: {exc})"
+                        ) from exc
+                    raise
+                self._migrated = True
+            return self._pool
+
+    async def _create_pool(self) -> Any:
+        settings = {} if self.schema is None else {"search_path": self.schema}
+        try:
+            return await self._asyncpg.create_pool(
+                self.dsn,
+                min_size=0,
+                max_size=self._pool_size,
+                timeout=self._connect_timeout_s,
+                server_settings=settings,
+            )
+        except self._errors() as exc:
+            where = printable_url(self.dsn)
+            raise StoreError(
+                f"message store {where!r} cannot be opened ({type(exc).__name__}: {exc})"
+            ) from exc

@@ -1,7 +1,7 @@
 """How :mod:`omnichannel.store.analytics` queries a :class:`PostgresMessageStore`.
 
-All the queries of one call run in one read-only ``REPEATABLE READ`` transaction (one snapshot);
-percentiles are ``percentile_cont``.
+All the queries of one call run in one read-only ``REPEATABLE READ`` transaction (one snapshot).
+A latency in microseconds is ``extract(epoch ...)`` (``numeric``, exact) times a million.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ DIALECT = Dialect(
     time=lambda moment: moment,
     seconds=lambda later, earlier: f"extract(epoch FROM ({later}) - ({earlier}))::float8",
     sql_percentiles=True,
+    micros=lambda later, earlier: f"(extract(epoch FROM ({later}) - ({earlier})) * 1000000)::bigint",
 )
 
 

@@ -2,7 +2,8 @@
 
 Times are UTC epoch milliseconds. Every write is one ``BEGIN IMMEDIATE`` transaction, so two
 processes never fold the same message at once; the file is in WAL mode. The schema is migrated
-when the file is first opened (and by :meth:`SqliteMessageStore.upgrade`).
+when the file is first opened (and by :meth:`SqliteMessageStore.upgrade`). A write that changes
+a message also updates the aggregates (:mod:`omnichannel.store.rollup`) in its transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
@@ -25,6 +27,8 @@ from ..message import DeliveryStatus
 from . import MessageRecord, StatusEntry, StatusUpdate
 from .batch import fold_by_message, lookup_of, lookups
 from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
+from .rollup import Deltas, Facts, latency_bucket
+from .rollup_sql import BUCKET_FUNCTION, SQLITE_ADD_COUNTS, SQLITE_ADD_LATENCIES, rebuild, rows
 from .status import fold_all
 
 if TYPE_CHECKING:
@@ -37,7 +41,12 @@ __all__ = ["SqliteMessageStore"]
 T = TypeVar("T")
 
 _ENTRY_COLUMNS = "status, occurred_at, error_code, error_detail"
+_FACTS = (
+    "created_at, channel, template, language, status, error_code, accepted_at, sent_at, delivered_at, read_at"
+)
 _PENDING_COLUMNS = f"channel, provider_message_id, {_ENTRY_COLUMNS}, received_at"
+_HAS_VERSIONS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
 _INSERT_ENTRY = (
     f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING"
 )
@@ -65,6 +74,25 @@ def _ms(moment: datetime | None) -> int | None:
 
 def _dt(ms: int | None) -> datetime | None:
     return None if ms is None else from_ms(ms)
+
+
+def _us(ms: int | None) -> int | None:
+    return None if ms is None else ms * 1000
+
+
+def _facts(row: Any) -> Facts:
+    """A ``_FACTS`` row as :class:`Facts` (times in microseconds)."""
+    created, channel, template, language, status, code, *times = row
+    return Facts(created * 1000, channel, template, language, status, code, *(_us(t) for t in times))
+
+
+def _stored_micros(moment: datetime) -> int:
+    """A time as it is stored (milliseconds), in microseconds."""
+    return to_ms(moment) * 1000
+
+
+def _period(micros: int) -> int:
+    return micros // 1000
 
 
 def _entry(row: Any) -> StatusEntry:
@@ -143,6 +171,11 @@ class SqliteMessageStore:
 
         async def run(db: aiosqlite.Connection) -> None:
             now = to_ms(self._clock.now())
+            async with db.execute(
+                f"SELECT provider_message_id, {_FACTS} FROM messages WHERE message_id = ?", (message_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            old = None if row is None else _facts(row[1:])
             await db.execute(
                 f"INSERT INTO messages ({MESSAGE_COLUMNS}) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,NULL,NULL,NULL,NULL,NULL,NULL,NULL) "
@@ -166,23 +199,28 @@ class SqliteMessageStore:
                 ],
             )
             await self._append(db, message_id, StatusEntry(status, at, error_code, error_detail))
-            async with db.execute(
-                "SELECT channel, provider_message_id FROM messages WHERE message_id = ?", (message_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None
-            if row[1] is not None:
+            # The row as the upsert left it: the first send's channel and time, the latest ids.
+            base = old or Facts(now * 1000, channel, None, None, status.value, None, None, None, None, None)
+            base = base._replace(
+                template=base.template if template is None else template,
+                language=base.language if language is None else language,
+            )
+            pid = provider_message_id if row is None or provider_message_id is not None else row[0]
+            if pid is not None:
                 await db.execute(
                     f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) "
                     f"SELECT ?, {_ENTRY_COLUMNS} FROM pending_statuses "
                     "WHERE channel = ? AND provider_message_id = ? ON CONFLICT DO NOTHING",
-                    (message_id, row[0], row[1]),
+                    (message_id, base.channel, pid),
                 )
                 await db.execute(
                     "DELETE FROM pending_statuses WHERE channel = ? AND provider_message_id = ?",
-                    (row[0], row[1]),
+                    (base.channel, pid),
                 )
-            await self._refold(db, message_id, now)
+            state = await self._refold(db, message_id, now)
+            deltas = Deltas()
+            deltas.move(old, base.folded(state, _stored_micros))
+            await self._add(db, deltas)
 
         await self._run("record_send", run, write=True)
 
@@ -204,14 +242,14 @@ class SqliteMessageStore:
             now = to_ms(self._clock.now())
             found = None
             if message_id is not None:
-                found = await self._one(
-                    db, "SELECT message_id FROM messages WHERE message_id = ?", message_id
+                found = await self._row(
+                    db, f"SELECT message_id, {_FACTS} FROM messages WHERE message_id = ?", message_id
                 )
             if found is None:
-                found = await self._one(
+                found = await self._row(
                     db,
-                    "SELECT message_id FROM messages WHERE channel = ? AND provider_message_id = ? "
-                    "ORDER BY created_at DESC LIMIT 1",
+                    f"SELECT message_id, {_FACTS} FROM messages "
+                    "WHERE channel = ? AND provider_message_id = ? ORDER BY created_at DESC LIMIT 1",
                     channel,
                     provider_message_id,
                 )
@@ -221,8 +259,12 @@ class SqliteMessageStore:
                     (channel, provider_message_id, status.value, to_ms(at), error_code, error_detail, now),
                 )
                 return
-            await self._append(db, found, entry)
-            await self._refold(db, found, now)
+            old = _facts(found[1:])
+            await self._append(db, found[0], entry)
+            state = await self._refold(db, found[0], now)
+            deltas = Deltas()
+            deltas.move(old, old.folded(state, _stored_micros))
+            await self._add(db, deltas)
 
         await self._run("record_status", run, write=True)
 
@@ -231,7 +273,8 @@ class SqliteMessageStore:
 
         One ``BEGIN IMMEDIATE`` transaction: the batch's lookups resolved in one query, history and
         pending rows inserted in the batch's order, the touched messages folded from their
-        histories (one query) and written back.
+        histories (one query) and written back, the aggregates' changes summed and applied (one
+        statement per table).
         """
         batch = list(updates)
         if not batch:
@@ -257,13 +300,24 @@ class SqliteMessageStore:
             ids = sorted({mid for mid in found.values() if mid is not None})
             if not ids:
                 return
+            wanted_ids = json.dumps(ids)
+            async with db.execute(
+                f"SELECT message_id, {_FACTS} FROM messages "
+                "WHERE message_id IN (SELECT value FROM json_each(?))",
+                (wanted_ids,),
+            ) as cursor:
+                olds = {row[0]: _facts(row[1:]) for row in await cursor.fetchall()}
             async with db.execute(
                 f"SELECT message_id, {_ENTRY_COLUMNS} FROM message_statuses "
                 "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, occurred_at, id",
-                (json.dumps(ids),),
+                (wanted_ids,),
             ) as cursor:
                 states = fold_by_message((row[0], _entry(row[1:])) for row in await cursor.fetchall())
             await db.executemany(_WRITE_STATE, [_state_args(states[mid], now, mid) for mid in ids])
+            deltas = Deltas()
+            for mid in ids:
+                deltas.move(olds[mid], olds[mid].folded(states[mid], _stored_micros))
+            await self._add(db, deltas)
 
         await self._run("record_statuses", run, write=True)
 
@@ -286,6 +340,33 @@ class SqliteMessageStore:
             return await self._entries(db, message_id)
 
         return await self._run("history", run)
+
+    async def schema_version(self) -> int:
+        """See :meth:`MessageStore.schema_version`: read from the file without migrating it (0 when
+        there is no file yet, and none is created)."""
+        async with self._lock:
+            if self._closed:
+                raise StoreError(f"message store {self.path!r} is closed")
+            try:
+                if self._db is not None:
+                    return await self._version(self._db)
+                if not os.path.exists(self.path):
+                    return 0
+                return await asyncio.to_thread(self._file_version)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"message store {self.path!r}: schema_version failed ({type(exc).__name__}: {exc})"
+                ) from exc
+
+    async def rebuild_aggregates(self) -> None:
+        """Recount the aggregates from ``messages`` (one write transaction): after rows were
+        written around the store (a bulk load), or to repair them."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            for statement in rebuild("sqlite"):
+                await db.execute(statement)
+
+        await self._run("rebuild_aggregates", run, write=True)
 
     async def forget_details(self, before: datetime) -> int:
         """See :meth:`MessageStore.forget_details`."""
@@ -314,9 +395,39 @@ class SqliteMessageStore:
 
     @staticmethod
     async def _one(db: aiosqlite.Connection, sql: str, *args: object) -> Any:
-        async with db.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
+        row = await SqliteMessageStore._row(db, sql, *args)
         return None if row is None else row[0]
+
+    @staticmethod
+    async def _row(db: aiosqlite.Connection, sql: str, *args: object) -> Any:
+        async with db.execute(sql, args) as cursor:
+            return await cursor.fetchone()
+
+    @staticmethod
+    async def _add(db: aiosqlite.Connection, deltas: Deltas) -> None:
+        """Apply the aggregates' changes (last in the transaction)."""
+        counts, latencies = deltas.count_rows(), deltas.latency_rows()
+        if counts:
+            await db.executemany(SQLITE_ADD_COUNTS, rows(counts, _period))
+        if latencies:
+            await db.executemany(SQLITE_ADD_LATENCIES, rows(latencies, _period))
+
+    @staticmethod
+    async def _version(db: aiosqlite.Connection) -> int:
+        if await SqliteMessageStore._one(db, _HAS_VERSIONS) is None:
+            return 0
+        return int(await SqliteMessageStore._one(db, _VERSION))
+
+    def _file_version(self) -> int:
+        """The version in the file, on a connection of its own that creates nothing."""
+        uri = Path(self.path).absolute().as_uri() + "?mode=rw"
+        db = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout_ms / 1000)
+        try:
+            if db.execute(_HAS_VERSIONS).fetchone() is None:
+                return 0
+            return int(db.execute(_VERSION).fetchone()[0])
+        finally:
+            db.close()
 
     @staticmethod
     async def _entries(db: aiosqlite.Connection, message_id: str) -> list[StatusEntry]:
@@ -333,16 +444,22 @@ class SqliteMessageStore:
             (message_id, entry.status.value, to_ms(entry.occurred_at), entry.error_code, entry.error_detail),
         )
 
-    async def _refold(self, db: aiosqlite.Connection, message_id: str, now: int) -> None:
-        """Fold the message's whole history again (a handful of rows) and write the result."""
+    async def _refold(self, db: aiosqlite.Connection, message_id: str, now: int) -> StatusState:
+        """Fold the message's whole history again (a handful of rows), write and return the result."""
         state = fold_all(await self._entries(db, message_id))
         await db.execute(_WRITE_STATE, _state_args(state, now, message_id))
+        return state
+
+    async def _open(self, db: aiosqlite.Connection) -> None:
+        """A new connection: the bucket function the aggregates' SQL calls, then the migrations."""
+        await db.create_function(BUCKET_FUNCTION, 1, latency_bucket, deterministic=True)
+        await self._migrate(db)
 
     async def _migrate(self, db: aiosqlite.Connection) -> int:
         await db.execute("BEGIN IMMEDIATE")
         try:
             await db.execute(SCHEMA_VERSION_TABLE["sqlite"])
-            version = int(await self._one(db, "SELECT coalesce(max(version), 0) FROM schema_version"))
+            version = int(await self._one(db, _VERSION))
             for migration in pending(version):
                 for statement in migration.sqlite:
                     await db.execute(statement)
@@ -398,7 +515,7 @@ class SqliteMessageStore:
                     "PRAGMA synchronous = FULL",
                     "PRAGMA foreign_keys = ON",
                 ),
-                then=self._migrate,
+                then=self._open,
             )
         except OSError as exc:
             raise StoreError(

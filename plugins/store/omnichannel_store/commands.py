@@ -46,15 +46,6 @@ def _run(plugin: StorePlugin, work: Callable[[MessageStore], Awaitable[T]]) -> t
         raise click.ClickException(f"message store {url}: {type(exc).__name__}: {exc}") from exc
 
 
-async def _schema_version(store: MessageStore) -> int | None:
-    # Not part of the MessageStore protocol: a backend that cannot say shows "unknown".
-    method = getattr(store, "schema_version", None)
-    if method is None:
-        return None
-    version = await method()
-    return None if version is None else int(version)
-
-
 def db_group(plugin: StorePlugin) -> click.Group:
     """The ``db`` command group, opening stores with ``plugin``'s factory."""
 
@@ -74,10 +65,22 @@ def db_group(plugin: StorePlugin) -> click.Group:
 
     @db.command("status")
     def status() -> None:
-        """Print the message store's URL (password masked) and its schema version."""
-        url, version = _run(plugin, _schema_version)
+        """Print the message store's URL (password masked) and its schema version, without
+        upgrading; exit status 1 when migrations are pending."""
+        from omnichannel.store.migrations import LATEST_VERSION
+
+        async def work(store: MessageStore) -> int:
+            return await store.schema_version()
+
+        url, version = _run(plugin, work)
         click.echo(f"url: {url}")
-        click.echo(f"schema version: {'unknown' if version is None else version}")
+        click.echo(f"schema version: {version} (this release: {LATEST_VERSION})")
+        if version < LATEST_VERSION:
+            pending = LATEST_VERSION - version
+            click.echo(f"{pending} migration(s) pending: run `omnichannel db upgrade`")
+            raise SystemExit(1)
+        if version > LATEST_VERSION:
+            click.echo("the database is newer than this release: upgrade omnichannel")
 
     return db
 

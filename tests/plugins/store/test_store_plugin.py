@@ -34,6 +34,7 @@ from omnichannel import (
 )
 from omnichannel.config import load_config
 from omnichannel.store import MessageRecord, StatusEntry
+from omnichannel.store.migrations import LATEST_VERSION
 from omnichannel.testing import EventRecorder, FakeClock, RecordingChannel, make_service
 from omnichannel_store import StoreConfig, StorePlugin, StoreWriteError, display_url, message_store
 
@@ -61,10 +62,10 @@ class FakeStore:
 
     async def upgrade(self) -> int:
         self.upgrades += 1
-        return 3
+        return LATEST_VERSION
 
     async def schema_version(self) -> int:
-        return 3 if self.upgrades else 0
+        return LATEST_VERSION if self.upgrades else 0
 
     async def record_send(
         self, *, message_id: str, channel: str, status: DeliveryStatus, at: datetime, **fields: Any
@@ -376,30 +377,30 @@ def invoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_env: None) 
 def test_cli_db_upgrade(factory: Factory, invoke: Any) -> None:
     result = invoke(StorePlugin(factory), "upgrade")
     assert result.exit_code == 0, result.output
-    assert (
-        result.output
-        == "message store postgresql://app:**********@db.example/messages is at schema version 3\n"
-    )
+    url = "postgresql://app:**********@db.example/messages"
+    assert result.output == f"message store {url} is at schema version {LATEST_VERSION}\n"
     assert factory.store.upgrades == 1
     assert factory.store.closed
     assert factory.urls == ["postgresql://app:s3cret@db.example/messages"]
 
 
-def test_cli_db_status(factory: Factory, invoke: Any) -> None:
+def test_cli_db_status_of_a_store_behind_fails_and_says_what_to_run(factory: Factory, invoke: Any) -> None:
     result = invoke(StorePlugin(factory), "status")
-    assert result.exit_code == 0, result.output
-    assert result.output == "url: postgresql://app:**********@db.example/messages\nschema version: 0\n"
-    assert factory.store.upgrades == 0
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "url: postgresql://app:**********@db.example/messages\n"
+        f"schema version: 0 (this release: {LATEST_VERSION})\n"
+        f"{LATEST_VERSION} migration(s) pending: run `omnichannel db upgrade`\n"
+    )
+    assert factory.store.upgrades == 0  # status never upgrades
     assert factory.store.closed
 
 
-def test_cli_status_of_a_store_that_cannot_tell_its_version(invoke: Any) -> None:
-    class Unversioned(FakeStore):
-        schema_version = None  # type: ignore[assignment]
-
-    result = invoke(StorePlugin(Factory(Unversioned())), "status")
+def test_cli_db_status_of_an_up_to_date_store(factory: Factory, invoke: Any) -> None:
+    factory.store.upgrades = 1
+    result = invoke(StorePlugin(factory), "status")
     assert result.exit_code == 0, result.output
-    assert result.output.endswith("schema version: unknown\n")
+    assert result.output.endswith(f"schema version: {LATEST_VERSION} (this release: {LATEST_VERSION})\n")
 
 
 def test_cli_error_hides_the_password(invoke: Any) -> None:
