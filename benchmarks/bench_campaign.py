@@ -7,6 +7,7 @@ Usage::
     python benchmarks/bench_campaign.py --size 50000  # another campaign size
     python benchmarks/bench_campaign.py --json        # machine-readable results on stdout
     python benchmarks/bench_campaign.py --no-amqp     # without the RabbitMQ part
+    python benchmarks/bench_campaign.py --keys        # the key stores alone (about 10 s)
 
 The recipients are a CSV file (``recipient,first_name``) written line by line into a temporary
 folder; every recipient is distinct (``+1650...``). Every message is the sandbox's ``welcome``
@@ -35,8 +36,15 @@ far above what the client reaches, and is reset before every run.
   report their peak RSS. The queues are deleted afterwards. These runs send 20,000 recipients by
   default (``--amqp-size``; their rate is steady), to keep the full run under 10 minutes.
 
-Targets: in-process at least 0.80x the bare loop's messages per second; the in-process peak RSS
-growth of the ``size`` run within 10 % (or 5 MiB) of the ``size // 10`` run's (streaming).
+* **keys** (``--keys``, instead of the above): each key store alone, in a fresh subprocess:
+  ``c`` tasks take keys one after another and ``claim`` + ``complete`` each (what a campaign row
+  asks of the store); keys per second and CPU per key. Memory, SQLite (a new file) and Redis
+  (``--redis-url``, a unique prefix whose keys are deleted afterwards; skipped if unreachable).
+
+Targets: in-process at least 0.80x the bare loop's messages per second; the SQLite key store
+costs the in-process campaign under 10 % of its messages per second (``in-process`` at least
+0.90x ``in-process, mem``); the in-process peak RSS growth of the ``size`` run within 10 % (or
+5 MiB) of the ``size // 10`` run's (streaming).
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ from omnichannel.amqp import Worker, delay_queue_name
 from omnichannel.campaigns import Campaign, Row, TemplateSpec, campaign_key, read_rows, run_campaign
 from omnichannel.commands import SendMessage
 from omnichannel.config import AmqpConfig, Secret
-from omnichannel.idempotency import KeyStore, MemoryKeyStore, SqliteKeyStore
+from omnichannel.idempotency import KeyStore, MemoryKeyStore, RedisKeyStore, SqliteKeyStore
 from omnichannel_whatsapp.payload import build_payload
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -81,6 +89,11 @@ PUBLISHERS = 16
 """Publishing tasks at a time in the AMQP runs (each waits for its confirm)."""
 WARM_ROWS = 200
 TARGET_RATIO = 0.80
+KEY_STORE_RATIO = 0.90
+"""The in-process campaign with the SQLite key store vs with a ``MemoryKeyStore``."""
+KEYS_SIZE = 50_000
+"""Keys of each ``--keys`` run by default."""
+REDIS_URL = "redis://127.0.0.1:6379/0"
 MEMORY_TOLERANCE = 0.10
 MEMORY_SLACK_MIB = 5.0
 WAIT_TIMEOUT_S = 900.0
@@ -224,6 +237,96 @@ async def child_worker(url: str, keys_path: str, queue: str, concurrency: int) -
         "rss_ready_mib": rss_ready,
         "rss_peak_mib": peak_rss_mib(),
     }
+
+
+async def child_keys(kind: str, target: str, size: int, concurrency: int) -> dict[str, Any]:
+    """``claim`` + ``complete`` of ``size`` new keys by ``concurrency`` tasks; wall and CPU time."""
+    prefix = f"bench-keys-{uuid.uuid4().hex[:8]}"
+    keys: KeyStore
+    if kind == "memory":
+        keys = MemoryKeyStore()
+    elif kind == "sqlite":
+        keys = SqliteKeyStore(target)
+    else:
+        keys = RedisKeyStore(target, prefix=prefix, ttl_s=600)
+
+    async def worker(names: Iterator[str]) -> None:
+        for name in names:  # one shared iterator: every task takes the next key
+            claim = await keys.claim(name, owner="bench", lease_s=60)
+            if not claim.granted:
+                raise RuntimeError(f"{name} was not granted: {claim.record}")
+            await keys.complete(name, owner="bench", channel=CHANNEL, provider_message_id=f"wamid.{name}")
+
+    async def run(names: Iterator[str]) -> None:
+        await asyncio.gather(*(worker(names) for _ in range(concurrency)))
+
+    try:
+        await run(iter([f"warm-{i}" for i in range(WARM_ROWS)]))
+        gc.collect()
+        cpu0, wall0 = cpu_s(), time.perf_counter()
+        await run(f"key-{i}" for i in range(size))
+        wall, cpu = time.perf_counter() - wall0, cpu_s() - cpu0
+        batches = getattr(keys, "batches", None)
+    finally:
+        await keys.close()
+        if kind == "redis":
+            await delete_redis_keys(target, prefix)
+    return {"seconds": wall, "cpu_s": cpu, "batches": batches}
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        async for name in client.scan_iter(match=f"{prefix}:*", count=5000):
+            batch.append(name)
+            if len(batch) >= 5000:
+                await client.delete(*batch)
+                batch = []
+        if batch:
+            await client.delete(*batch)
+    finally:
+        await client.aclose()
+
+
+def redis_reachable(url: str) -> str | None:
+    """``None`` if Redis answers at ``url``, else why not."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+def keys_run(kind: str, folder: str, size: int, concurrency: int, redis_url: str) -> Result:
+    target = redis_url if kind == "redis" else os.path.join(folder, f"keys-{uuid.uuid4().hex[:6]}.sqlite3")
+    done = subprocess.run(
+        child_command("keys", kind, target, str(size), str(concurrency)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"key store child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    data = last_json(done.stdout)
+    detail = {"batches": data["batches"]} if data["batches"] is not None else {}
+    return Result(
+        f"keys: {kind}",
+        size,
+        data["seconds"],
+        size / data["seconds"],
+        size,
+        0,
+        data["cpu_s"] / size * 1e6,
+        detail=detail,
+    )
 
 
 def amqp_config(queue: str, concurrency: int) -> AmqpConfig:
@@ -506,6 +609,23 @@ def checks(results: list[Result]) -> list[Check]:
                 ratio >= TARGET_RATIO,
             )
         )
+    memory = by.get(("in-process, mem", size))
+    if inproc and memory:
+        ratio = inproc.msgs_per_s / memory.msgs_per_s
+        extra = (
+            f"; CPU/msg {inproc.cpu_us:,.0f} vs {memory.cpu_us:,.0f} µs"
+            if inproc.cpu_us and memory.cpu_us
+            else ""
+        )
+        found.append(
+            Check(
+                "in-process campaign with the SQLite key store vs a MemoryKeyStore",
+                f"{ratio:.2f}x ({inproc.msgs_per_s:,.0f} vs {memory.msgs_per_s:,.0f} msgs/s{extra})",
+                f"{KEY_STORE_RATIO:.2f}x",
+                ratio >= KEY_STORE_RATIO,
+                "the SQLite key store costs under 10 %",
+            )
+        )
     small = [r for r in results if r.mode == "in-process" and r.size < size]
     if inproc and small and inproc.rss_growth_mib is not None and small[0].rss_growth_mib is not None:
         a, b = small[0].rss_growth_mib, inproc.rss_growth_mib
@@ -527,11 +647,37 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def print_table(results: list[Result], found: list[Check], info: dict[str, Any], seconds: float) -> None:
+def print_keys_table(results: list[Result], info: dict[str, Any], seconds: float) -> None:
+    print_machine(info)
+    print(f"claim + complete per key, {CONCURRENCY} tasks, each store in a fresh process")
+    print()
+    header = f"{'store':<14} {'keys':>8} {'seconds':>8} {'keys/s':>9} {'CPU/key':>9} {'batches':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        batches = r.detail.get("batches")
+        print(
+            f"{r.mode.removeprefix('keys: '):<14} {r.size:>8,} {r.seconds:>8.2f} {r.msgs_per_s:>9,.0f} "
+            f"{fmt(r.cpu_us, 1) + 'us':>9} {'-' if batches is None else f'{batches:,}':>8}"
+        )
+    print()
+    print("CPU/key: this process (the event loop and the store's thread; not the Redis server);")
+    print("batches: transactions (SQLite) or pipelines (Redis) for the warm-up and the run together.")
+    for r in results:
+        if r.detail.get("skipped"):
+            print(f"{r.mode}: skipped ({r.detail['skipped']})")
+    print(f"\n(run took {seconds:.1f} s)")
+
+
+def print_machine(info: dict[str, Any]) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     host = f"{info['implementation']} {info['python']} on {info['platform']}"
     print(f"{host}, {info['cpus']} CPUs ({info['cpu']})")
     print(f"{versions}; revision {info['revision']}")
+
+
+def print_table(results: list[Result], found: list[Check], info: dict[str, Any], seconds: float) -> None:
+    print_machine(info)
     print(f"template {SPEC.name} ({SPEC.language}), concurrency {CONCURRENCY} (per worker), SQLite key store")
     print()
     header = (
@@ -593,8 +739,26 @@ def measure(args: argparse.Namespace) -> list[Result]:
     return results
 
 
+def measure_keys(args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-keys-") as folder:
+        for kind in ("memory", "sqlite", "redis"):
+            why = redis_reachable(args.redis_url) if kind == "redis" else None
+            if why is not None:
+                results.append(Result(f"keys: {kind}", 0, 0.0, 0.0, 0, 0, detail={"skipped": why}))
+                continue
+            results.append(keys_run(kind, folder, args.keys_size, CONCURRENCY, args.redis_url))
+    return [r for r in results if not r.detail.get("skipped")] + [
+        r for r in results if r.detail.get("skipped")
+    ]
+
+
 def run_child(argv: list[str]) -> int:
     kind, url, *rest = argv
+    if kind == "keys":
+        store, size, concurrency = rest
+        print(json.dumps(asyncio.run(child_keys(url, store, int(size), int(concurrency)))), flush=True)
+        return 0
     if kind == "inprocess":
         csv_path, keys_path, concurrency = rest
         data = asyncio.run(child_inprocess(url, csv_path, keys_path, int(concurrency)))
@@ -618,7 +782,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-amqp", action="store_true", help="skip the RabbitMQ runs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--keys", action="store_true", help="measure the key stores alone (claim + complete per key) instead"
+    )
+    parser.add_argument(
+        "--keys-size", type=int, default=KEYS_SIZE, help=f"keys of each --keys run (default {KEYS_SIZE:,})"
+    )
+    parser.add_argument("--redis-url", default=REDIS_URL, help=f"the Redis of --keys (default {REDIS_URL})")
     args = parser.parse_args(argv)
+    if args.keys:
+        started = time.perf_counter()
+        results = measure_keys(args)
+        if args.json:
+            document = {
+                "machine": machine(),
+                "concurrency": CONCURRENCY,
+                "results": [attrs.asdict(r) for r in results],
+            }
+            json.dump(document, sys.stdout, indent=2)
+            print()
+        else:
+            print_keys_table(results, machine(), time.perf_counter() - started)
+        return 0
     args.size = args.size or (10_000 if args.quick else 100_000)
     if args.size < 1_000:
         parser.error("--size must be at least 1000")

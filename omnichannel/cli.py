@@ -19,6 +19,7 @@ import click
 
 from . import plugins as _plugins
 from .amqp.cli import dlq as dlq_group
+from .amqp.cli import sender as sender_group
 from .amqp.cli import worker as worker_command
 from .campaigns.cli import campaign as campaign_group
 from .config import ServiceConfig, load_config
@@ -245,6 +246,7 @@ def serve_command(state: CliState, host: str | None, port: int | None) -> None:
 cli.add_command(campaign_group)
 cli.add_command(worker_command)
 cli.add_command(dlq_group)
+cli.add_command(sender_group)
 
 
 def service_from_context(ctx: click.Context | None = None) -> OmniChannelService:

@@ -130,6 +130,13 @@ class AmqpConfig:
     :param lease_s: how long a worker holds a message's idempotency key while it sends.
     :param stop_timeout_s: how long a stopping worker lets in-flight messages finish before it
         returns them to the queue.
+    :param ambiguous_policy: what to do with a send whose outcome is uncertain (it may have
+        reached the provider): ``reconcile`` (wait ``reconcile_window_s`` for a status webhook
+        to settle its key, then resend once), ``retry`` (resend at once) or ``dead_letter``
+        (never resend).
+    :param reconcile_window_s: how long ``reconcile`` waits for a webhook before resending.
+    :param park_probe_s: how long a worker parks a sender's messages before it lets one
+        through as a probe (success resumes the sender); 0: never probe.
     """
 
     url: Secret = attrs.field(factory=lambda: Secret("amqp://guest:guest@127.0.0.1:5672/"))
@@ -141,6 +148,20 @@ class AmqpConfig:
     max_deliveries: int = attrs.field(default=5, validator=_positive)
     lease_s: float = attrs.field(default=600.0, validator=_positive)
     stop_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    ambiguous_policy: str = attrs.field(default="reconcile")
+    reconcile_window_s: float = attrs.field(default=30.0, validator=_positive)
+    park_probe_s: float = attrs.field(default=300.0)
+
+    @ambiguous_policy.validator
+    def _check_policy(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        allowed = ("reconcile", "retry", "dead_letter")
+        if value not in allowed:
+            raise InvalidField(attribute.name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+    @park_probe_s.validator
+    def _check_probe(self, attribute: attrs.Attribute[Any], value: float) -> None:
+        if value < 0:
+            raise InvalidField(attribute.name, f"must be >= 0 (0: never probe), got {value}")
 
 
 @attrs.frozen

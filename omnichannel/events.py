@@ -4,8 +4,9 @@ Outbound events come from the send pipeline (``MessageSent``,
 ``DeliveryFailed``, ``TemplateUsed``); inbound ones from channel webhooks
 (``StatusChanged``, ``InboundMessage``); middleware reports what it did
 (``RetryScheduled``, ``CircuitStateChanged``, ``SendLimited``) so that metrics and logs can see
-it without importing the middleware; the service reports its own life
-(``ServiceStarted``, ``ServiceStopping``, ``ListenerFailed``).
+it without importing the middleware; queue workers report what they decided about uncertain
+sends and unusable senders (``PossibleDuplicateSend``, ``SenderParked``, ``SenderResumed``); the
+service reports its own life (``ServiceStarted``, ``ServiceStopping``, ``ListenerFailed``).
 
 Every event is a frozen attrs class with an ``occurred_at`` UTC timestamp.
 """
@@ -28,8 +29,11 @@ __all__ = [
     "InboundMessage",
     "ListenerFailed",
     "MessageSent",
+    "PossibleDuplicateSend",
     "RetryScheduled",
     "SendLimited",
+    "SenderParked",
+    "SenderResumed",
     "ServiceStarted",
     "ServiceStopping",
     "StatusChanged",
@@ -148,6 +152,47 @@ class SendLimited(Event):
     wait_s: float
     deferred: bool
     scope: str | None = None
+
+
+@attrs.frozen
+class PossibleDuplicateSend(Event):
+    """A worker sends ``message_id`` again although an earlier attempt may have reached the
+    provider (its outcome was uncertain and nothing settled it): the recipient may get it twice.
+
+    ``key`` is the message's idempotency key; ``channel`` the first channel of its route.
+    """
+
+    message_id: str
+    channel: str
+    key: str
+
+
+@attrs.frozen
+class SenderParked(Event):
+    """A worker parks the messages of ``(channel, sender)``: the sender cannot send (a revoked
+    token, a locked account, ...) until an operator or a successful probe resumes it.
+
+    ``reason`` is the parking reason (``sender_unavailable``, ``sender_error``); ``error`` the
+    error that made it park (``ErrorClass: detail``, never a secret), when this worker saw one.
+    """
+
+    channel: str
+    sender: str
+    reason: str
+    error: str | None = None
+
+
+@attrs.frozen
+class SenderResumed(Event):
+    """A worker sends the messages of ``(channel, sender)`` again.
+
+    ``trigger`` says why: ``operator`` (``omnichannel sender resume``) or ``probe`` (a probe
+    message was sent, by this worker or another).
+    """
+
+    channel: str
+    sender: str
+    trigger: str = "operator"
 
 
 @attrs.frozen

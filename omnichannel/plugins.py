@@ -42,7 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-DEFAULT_PLUGINS: tuple[str, ...] = ("omnichannel._builtins",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("omnichannel._builtins", "omnichannel._settle_keys")
 """Modules registered in every manager: the core's own hook implementations."""
 
 

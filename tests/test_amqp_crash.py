@@ -1,8 +1,9 @@
 """A worker process SIGKILLed mid-campaign (real RabbitMQ, one SQLite key store for three workers).
 
 Nothing is sent twice, and nothing is lost: every recipient is sent exactly once or is in the
-dead-letter queue with reason ``uncertain`` (a send the dead worker may have made); the
-messages it had not acked are redelivered to the others.
+dead-letter queue with reason ``ambiguous_policy`` (a send the dead worker may have made; the
+workers run ``ambiguous_policy = "dead_letter"``); the messages it had not acked are
+redelivered to the others.
 """
 
 from __future__ import annotations
@@ -85,7 +86,14 @@ asyncio.run(main())
 async def config() -> AsyncIterator[AmqpConfig]:
     # A short lease: the dead worker's keys become uncertain soon; deferrals of a key still
     # leased come back every 0.2 s, and enough deliveries to outlast the lease.
-    settings = {"lease_s": 1.0, "delays": (0.2,), "max_deliveries": 50, "stop_timeout_s": 10.0}
+    # Policy dead_letter: never resend a send the dead worker may have made (at most once).
+    settings = {
+        "lease_s": 1.0,
+        "delays": (0.2,),
+        "max_deliveries": 50,
+        "stop_timeout_s": 10.0,
+        "ambiguous_policy": "dead_letter",
+    }
     async for value in amqp_config(prefetch=8, concurrency=CONCURRENCY, **settings):
         yield value
 
@@ -188,7 +196,7 @@ async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(config, tmp
     assert len(sent) == len(set(sent))  # nothing sent twice
     assert all(isinstance(b, SendMessage) for b in bodies)
     uncertain = {b.message.recipient for b in bodies if isinstance(b, SendMessage)}
-    assert {letter.reason for letter in letters} == {"uncertain"}
+    assert {letter.reason for letter in letters} == {"ambiguous_policy"}
     assert len(letters) == len(uncertain)
     assert set(sent) | uncertain == set(RECIPIENTS)  # nothing lost
     assert uncertain == {r for r, state in states.items() if state is KeyState.UNCERTAIN}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aio_pika
@@ -22,8 +22,9 @@ from omnichannel.testing import RecordingChannel
 AMQP_URL = os.environ.get("OMNICHANNEL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-async def amqp_config(**settings: Any) -> AsyncIterator[AmqpConfig]:
-    """A config of queues unique to one test (deleted afterwards); no broker: fail on CI, else skip."""
+async def amqp_config(senders: Iterable[str] = (), **settings: Any) -> AsyncIterator[AmqpConfig]:
+    """A config of queues unique to one test (deleted afterwards, with the parked queues of
+    ``senders``); no broker: fail on CI, else skip."""
     try:
         connection = await aio_pika.connect(AMQP_URL, timeout=2)
     except Exception as exc:
@@ -37,10 +38,20 @@ async def amqp_config(**settings: Any) -> AsyncIterator[AmqpConfig]:
     finally:
         async with connection:
             channel = await connection.channel()
-            names = [config.queue, config.dead_letter_queue]
-            names += [f"{config.queue}.delay.{max(1, round(d * 1000))}" for d in config.delays]
+            names = [config.queue, config.dead_letter_queue, f"{config.queue}.parked"]
+            # Worker processes started with only the queue from the environment defer with the defaults.
+            defaults = AmqpConfig()
+            delays = {
+                *config.delays,
+                config.reconcile_window_s,
+                *defaults.delays,
+                defaults.reconcile_window_s,
+            }
+            names += [f"{config.queue}.delay.{max(1, round(d * 1000))}" for d in delays]
+            names += [f"{config.queue}.parked.{sender}" for sender in senders]
             for name in names:
                 await channel.queue_delete(name)
+            await channel.exchange_delete(f"{config.queue}.control")
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 async def config() -> AsyncIterator[AmqpConfig]:
-    async for value in amqp_config(delays=(0.05, 0.1), max_deliveries=3, stop_timeout_s=2.0):
+    settings = {"delays": (0.05, 0.1), "max_deliveries": 3, "stop_timeout_s": 2.0, "reconcile_window_s": 0.05}
+    async for value in amqp_config(senders=["recording"], **settings):
         yield value
 
 
@@ -165,11 +166,16 @@ async def test_max_deliveries_dead_letters(worker, publish, service, channel, co
     assert channel.payloads == []
 
 
-async def test_sender_unavailable_is_dead_lettered(worker, publish, service, channel):
+async def test_sender_unavailable_is_parked_not_dead_lettered(worker, publish, service, channel, config):
     channel.fail_next(1, SenderUnavailableError("token expired", code=190))
     await publish.submit(SendMessage(message(key="sender")), service.bus)
     [done] = await settled(worker, 1)
-    assert done.decision.reason == "sender_unavailable"
+    assert (done.decision.fate, done.decision.reason, done.decision.sender) == (
+        Fate.PARK,
+        "sender_unavailable",
+        "recording",
+    )
+    assert await list_dead_letters(config) == []
 
 
 async def test_dlq_retry_of_a_fixed_message_sends_it_once(worker, publish, service, channel, config):
@@ -226,10 +232,13 @@ async def test_stop_requeues_what_cannot_finish(service, config, keys, channel, 
     again = Worker(service, config, keys)
     await again.start()
     try:
-        [done] = await settled(again, 1)
+        waited, resent = await settled(again, 2)
     finally:
         await again.stop()
-    assert (done.decision.fate, done.decision.reason) == (Fate.DEAD_LETTER, "uncertain")
+    # The default policy (reconcile): no webhook settled it within the window, so it is resent once.
+    assert (waited.decision.fate, waited.delay_s) == (Fate.RECONCILE, 0.05)
+    assert (resent.decision.fate, resent.decision.reason) == (Fate.SENT, "resent_uncertain")
+    assert again.possible_duplicates == 1
 
 
 # ---------------------------------------------------------------- CLI

@@ -244,11 +244,12 @@ def test_plugins_all_includes_the_builtins(run):
     result = run("plugins", "--json", "--all")
     assert result.exit_code == 0, result.output
     by_name = {info["name"]: info for info in json.loads(result.stdout)}
-    assert set(by_name) == {"console", "omnichannel._builtins"}
+    assert set(by_name) == {"console", "omnichannel._builtins", "omnichannel._settle_keys"}
     assert by_name["omnichannel._builtins"]["builtin"] is True
     assert by_name["omnichannel._builtins"]["hooks"] == ["send", "validate"]
     table = run("plugins", "--all").stdout.splitlines()
-    assert table[-1].split() == ["omnichannel._builtins", "-", "-", "send,", "validate"]
+    assert table[-2].split() == ["omnichannel._builtins", "-", "-", "send,", "validate"]
+    assert table[-1].split() == ["omnichannel._settle_keys", "-", "-", "on_event,", "shutdown"]
 
 
 @pytest.mark.parametrize(

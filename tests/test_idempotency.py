@@ -10,10 +10,12 @@ from datetime import timedelta
 import pytest
 
 from omnichannel.idempotency import (
+    KeyRecord,
     KeyState,
     KeyStore,
     MemoryKeyStore,
     RedisKeyStore,
+    Settlement,
     SqliteKeyStore,
 )
 from omnichannel.testing import FakeClock
@@ -240,6 +242,124 @@ async def test_settling_an_absent_key_does_nothing(store: KeyStore) -> None:
     await store.release("k", owner="w1", error="x", final=True)
     await store.release("k", owner="w1", error="x", final=False, uncertain=True)
     assert await store.get("k") is None
+
+
+# -- settle: a status webhook carrying our key ---------------------------------------------------------
+
+
+async def test_settle_turns_an_uncertain_key_sent(store: KeyStore, fake_clock: FakeClock) -> None:
+    claimed = (await store.claim("k", owner="w1", lease_s=LEASE)).record
+    await store.release("k", owner="w1", error="read timeout", final=False, uncertain=True)
+    fake_clock.advance(3)
+    assert await store.settle("k", channel="whatsapp", provider_message_id="wamid.1")
+    record = await store.get("k")
+    assert claimed is not None
+    assert record == KeyRecord(
+        "k",
+        KeyState.SENT,
+        "w1",
+        1,
+        fake_clock.now(),
+        channel="whatsapp",
+        provider_message_id="wamid.1",
+    )
+    for resend in (False, True):  # the reconcile policy does not resend it
+        refused = await store.claim("k", owner="w2", lease_s=LEASE, resend_uncertain=resend)
+        assert (refused.granted, refused.record) == (False, record)
+
+
+async def test_settle_with_an_error_fails_the_key(store: KeyStore) -> None:
+    await store.claim("k", owner="w1", lease_s=LEASE)
+    await store.release("k", owner="w1", error="read timeout", final=False, uncertain=True)
+    changed = await store.settle(
+        "k", channel="whatsapp", provider_message_id="wamid.1", error="131026: message undeliverable"
+    )
+    assert changed
+    record = await store.get("k")
+    assert record is not None
+    assert (record.state, record.error, record.channel, record.provider_message_id, record.lease_until) == (
+        KeyState.FAILED,
+        "131026: message undeliverable",
+        "whatsapp",
+        "wamid.1",
+        None,
+    )
+    assert not (await store.claim("k", owner="w2", lease_s=LEASE, resend_uncertain=True)).granted
+
+
+async def test_settle_takes_an_in_flight_key_from_its_owner(store: KeyStore, fake_clock: FakeClock) -> None:
+    # The webhook may come before the send's own response: the lease is still live.
+    await store.claim("k", owner="w1", lease_s=LEASE)
+    fake_clock.advance(1)
+    assert await store.settle("k", channel="whatsapp", provider_message_id=None)
+    settled = await store.get("k")
+    assert settled is not None
+    assert (settled.state, settled.owner, settled.lease_until, settled.provider_message_id) == (
+        KeyState.SENT,
+        "w1",
+        None,
+        None,
+    )
+    # The old owner's late outcome changes nothing, whatever it is.
+    await store.complete("k", owner="w1", channel="whatsapp", provider_message_id="wamid.late")
+    await store.release("k", owner="w1", error="late", final=True)
+    await store.release("k", owner="w1", error="late", final=False, uncertain=True)
+    await store.release("k", owner="w1", error="late", final=False)
+    assert await store.get("k") == settled
+
+
+async def test_settle_takes_an_expired_lease(store: KeyStore, fake_clock: FakeClock) -> None:
+    await store.claim("k", owner="w1", lease_s=LEASE)
+    fake_clock.advance(LEASE + 1)
+    assert await store.settle("k", channel="whatsapp", provider_message_id="wamid.1")
+    record = await store.get("k")
+    assert record is not None
+    assert (record.state, record.attempts) == (KeyState.SENT, 1)
+
+
+async def test_settle_leaves_other_keys_alone(store: KeyStore) -> None:
+    await store.claim("sent", owner="w1", lease_s=LEASE)
+    await store.complete("sent", owner="w1", channel="whatsapp", provider_message_id="wamid.1")
+    await store.claim("failed", owner="w1", lease_s=LEASE)
+    await store.release("failed", owner="w1", error="bad number", final=True)
+    before = [await store.get("sent"), await store.get("failed")]
+    for key in ("sent", "failed", "never-seen"):
+        for error in (None, "131026"):
+            assert not await store.settle(key, channel="sms", provider_message_id="other", error=error)
+    assert [await store.get("sent"), await store.get("failed")] == before
+    assert await store.get("never-seen") is None  # most webhooks are for keys we never stored
+
+
+async def test_settle_many_settles_in_order_and_counts_the_changes(store: KeyStore) -> None:
+    for key in ("a", "b", "c"):
+        await store.claim(key, owner="w1", lease_s=LEASE)
+    await store.release("b", owner="w1", error="timeout", final=False, uncertain=True)
+    await store.complete("c", owner="w1", channel="whatsapp", provider_message_id="wamid.c")
+    changed = await store.settle_many(
+        [
+            Settlement("a", "whatsapp", "wamid.a"),
+            Settlement("b", "whatsapp", "wamid.b", error="131049: not delivered"),
+            Settlement("c", "whatsapp", "wamid.other"),  # already sent
+            Settlement("x", "whatsapp", "wamid.x"),  # never seen
+            Settlement("a", "whatsapp", "wamid.again"),  # the same key twice: the first wins
+        ]
+    )
+    assert changed == 2
+    records = {key: await store.get(key) for key in ("a", "b", "c", "x")}
+    assert records["x"] is None
+    assert {key: (r.state, r.provider_message_id, r.error) for key, r in records.items() if r} == {
+        "a": (KeyState.SENT, "wamid.a", None),
+        "b": (KeyState.FAILED, "wamid.b", "131049: not delivered"),
+        "c": (KeyState.SENT, "wamid.c", None),
+    }
+    assert await store.settle_many([]) == 0
+
+
+def test_a_settlement_is_a_frozen_value() -> None:
+    settlement = Settlement("k", "whatsapp", "wamid.1")
+    assert settlement.error is None
+    with pytest.raises(AttributeError):
+        settlement.key = "other"  # type: ignore[misc]
 
 
 # -- concurrency --------------------------------------------------------------------------------------

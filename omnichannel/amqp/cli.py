@@ -1,4 +1,5 @@
-"""``omnichannel worker`` and ``omnichannel dlq list|retry|purge`` (the ``[amqp]`` queue)."""
+"""``omnichannel worker``, ``omnichannel dlq list|retry|purge`` and ``omnichannel sender
+list|resume`` (the ``[amqp]`` queue)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import click
 
 from ..errors import ConfigError
 from .dlq import list_dead_letters, purge_dead_letters, retry_dead_letters
+from .parking import list_parked, resume_parked
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from ..service import OmniChannelService
     from .worker import Fate
 
-__all__ = ["dlq", "worker"]
+__all__ = ["dlq", "sender", "worker"]
 
 
 def _service() -> OmniChannelService:
@@ -141,3 +143,46 @@ def dlq_purge(yes: bool) -> None:
         click.confirm(f"delete every message of {config.dead_letter_queue}?", abort=True)
     count = asyncio.run(purge_dead_letters(config))
     click.echo(f"{count} message{'s' if count != 1 else ''} deleted from {config.dead_letter_queue}")
+
+
+@click.group("sender")
+def sender() -> None:
+    """Parked senders: their messages wait until the sender can send again."""
+
+
+@sender.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sender_list(as_json: bool) -> None:
+    """List the parked senders, with their reason and how many messages wait."""
+    config = _amqp(_service())
+    parked = asyncio.run(list_parked(config))
+    if as_json:
+        click.echo(json.dumps([attrs.asdict(p) for p in parked], indent=2))
+        return
+    if not parked:
+        click.echo("no parked sender")
+        return
+    for entry in parked:
+        click.echo(
+            f"{entry.sender}  {entry.channel or '-'}  {entry.reason or '-'}  "
+            f"{entry.messages} message{'s' if entry.messages != 1 else ''}: {entry.error or ''}".rstrip()
+        )
+
+
+@sender.command("resume")
+@click.argument("name", metavar="SENDER")
+def sender_resume(name: str) -> None:
+    """Resume SENDER once it can send again: running workers stop parking it, and its parked
+    messages go back to the queue, unchanged (a message sent meanwhile is not sent again)."""
+    config = _amqp(_service())
+
+    async def resume() -> tuple[bool, list[str]]:
+        known = any(p.sender == name for p in await list_parked(config))
+        return known, await resume_parked(config, name)
+
+    known, moved = asyncio.run(resume())
+    if not known and not moved:
+        raise click.ClickException(f"sender {name!r} is not parked (see: omnichannel sender list)")
+    click.echo(
+        f"sender {name} resumed: {len(moved)} message{'s' if len(moved) != 1 else ''} moved to {config.queue}"
+    )

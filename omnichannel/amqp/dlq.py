@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .fates import DLQ_HEADERS, RECONCILE_HEADER, REPLAYED_HEADER
 from .transport import AmqpTransport
-from .worker import DLQ_HEADERS
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
@@ -91,7 +91,9 @@ async def retry_dead_letters(config: AmqpConfig, ids: Collection[str] | None = N
     """Move dead letters back to the main queue: those whose message id is in ``ids``, or all.
 
     The body is unchanged (so is the idempotency key: a message sent meanwhile is not sent
-    again); the dead-letter headers are dropped and the delivery count starts again.
+    again); the dead-letter headers are dropped, the delivery count and the reconcile round
+    start again, and the header ``x-replayed`` lets the worker resend a key left ``uncertain``
+    once (a replay is an operator's decision to take that risk).
 
     :return: the ids of the messages moved.
     :raises CommandError: when the broker cannot be reached.
@@ -102,9 +104,9 @@ async def retry_dead_letters(config: AmqpConfig, ids: Collection[str] | None = N
         for incoming in await _drain(transport, None):
             if ids is not None and incoming.message_id not in ids:
                 continue
-            headers: dict[str, Any] = {
-                k: v for k, v in (incoming.headers or {}).items() if k not in (*DLQ_HEADERS, "x-deliveries")
-            }
+            dropped = (*DLQ_HEADERS, "x-deliveries", RECONCILE_HEADER)
+            headers: dict[str, Any] = {k: v for k, v in (incoming.headers or {}).items() if k not in dropped}
+            headers[REPLAYED_HEADER] = 1
             message_id = incoming.message_id or ""
             await transport.publish(incoming.body, queue=config.queue, message_id=message_id, headers=headers)
             await incoming.ack()

@@ -112,6 +112,16 @@ class AmqpTransport:
         await channel.declare_queue(queue, durable=True, arguments=dict(arguments or {}))
         self._declared.add(queue)
 
+    async def declare_fanout(self, exchange: str) -> None:
+        """Declare the durable fanout ``exchange`` once per channel (the workers' control exchange)."""
+        import aio_pika
+
+        if exchange in self._declared:
+            return
+        channel = await self.channel()
+        await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        self._declared.add(exchange)
+
     async def declare_delay_queue(self, delay_s: float) -> str:
         """Declare the queue where messages wait ``delay_s`` then return to the main queue."""
         name = delay_queue_name(self.config.queue, delay_s)
@@ -132,8 +142,13 @@ class AmqpTransport:
         queue: str,
         message_id: str,
         headers: Mapping[str, Any] | None = None,
+        exchange: str | None = None,
     ) -> None:
         """Publish ``body`` as a persistent message to the declared ``queue`` and wait for the confirm.
+
+        With ``exchange`` (a declared fanout exchange), publish to it instead: every queue bound
+        to it gets a copy, and a message no queue takes is dropped (``queue`` only names it in
+        errors).
 
         :raises CommandError: when the broker refuses or cannot be reached.
         """
@@ -148,7 +163,13 @@ class AmqpTransport:
             headers=dict(headers or {}),
         )
         try:
-            confirmation = await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+            if exchange is None:
+                confirmation = await channel.default_exchange.publish(
+                    message, routing_key=queue, mandatory=True
+                )
+            else:
+                target = await channel.get_exchange(exchange, ensure=False)
+                confirmation = await target.publish(message, routing_key="", mandatory=False)
         except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.PublishError, OSError) as exc:
             raise CommandError(
                 f"the AMQP broker at {self.where} did not accept the message for {queue!r}: "

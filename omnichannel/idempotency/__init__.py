@@ -17,18 +17,22 @@ uncertain  the last attempt may have reached the provider (certainty ``unknown``
            granted again only with ``resend_uncertain=True`` (a possible duplicate)
 ========== ==========================================================================
 
-A ``release`` that is not final deletes the key (a later delivery may try again). A lease that
-expires (its owner crashed) makes the key claimable again, as ``uncertain`` when ``resend_uncertain``
-is false: the crashed owner may have sent it. The stores are ``MemoryKeyStore`` (one process,
-tests), ``SqliteKeyStore`` (a file; the default) and ``RedisKeyStore`` (shared by many workers);
-:func:`open_key_store` picks one from a URL.
+A ``release`` that is not final deletes the key (a later delivery may try again). A status
+webhook that carries our key proves the provider accepted the send: :meth:`KeyStore.settle`
+(or :meth:`KeyStore.settle_many`, for a listener that batches) turns an ``uncertain`` or
+``in_flight`` key into ``sent`` (or ``failed``, for a failed status), whoever holds it, so the
+reconcile policy does not resend it; the old owner's late ``complete``/``release`` then change
+nothing. A lease that expires (its owner crashed) makes the key claimable again, as ``uncertain``
+when ``resend_uncertain`` is false: the crashed owner may have sent it. The stores are
+``MemoryKeyStore`` (one process, tests), ``SqliteKeyStore`` (a file; the default) and
+``RedisKeyStore`` (shared by many workers); :func:`open_key_store` picks one from a URL.
 """
 
 from __future__ import annotations
 
 from ..errors import KeyStoreError
 from .factory import open_key_store
-from .keys import Claim, KeyRecord, KeyState, KeyStore, MemoryKeyStore
+from .keys import Claim, KeyRecord, KeyState, KeyStore, MemoryKeyStore, Settlement
 from .redis import RedisKeyStore
 from .sqlite import SqliteKeyStore
 
@@ -40,6 +44,7 @@ __all__ = [
     "KeyStoreError",
     "MemoryKeyStore",
     "RedisKeyStore",
+    "Settlement",
     "SqliteKeyStore",
     "open_key_store",
 ]

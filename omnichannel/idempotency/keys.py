@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from ..clock import Clock, SystemClock
 
-__all__ = ["Claim", "KeyRecord", "KeyState", "KeyStore", "MemoryKeyStore"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Claim", "KeyRecord", "KeyState", "KeyStore", "MemoryKeyStore", "Settlement"]
 
 
 class KeyState(enum.StrEnum):
@@ -36,7 +39,7 @@ class KeyRecord:
     """``in_flight`` only: when the lease expires."""
     channel: str | None = None
     provider_message_id: str | None = None
-    """``sent`` only."""
+    """``sent`` (and ``failed`` by :meth:`KeyStore.settle`): the provider's id of the message."""
     error: str | None = None
     """``failed``/``uncertain``: the error's class and detail, for reports (never a secret)."""
 
@@ -48,6 +51,17 @@ class Claim:
     granted: bool
     record: KeyRecord | None
     """The key's record after the claim (the current holder's or final state when refused)."""
+
+
+@attrs.frozen
+class Settlement:
+    """A status webhook that carried our key: the provider accepted the send (see
+    :meth:`KeyStore.settle`); ``error`` for a ``failed`` status."""
+
+    key: str
+    channel: str
+    provider_message_id: str | None
+    error: str | None = None
 
 
 class KeyStore(Protocol):
@@ -64,6 +78,21 @@ class KeyStore(Protocol):
     ) -> None:
         """``owner``'s send of ``key`` failed: ``final`` → ``failed``; ``uncertain`` → ``uncertain``;
         else the key is forgotten, so that a later delivery may try again."""
+
+    async def settle(
+        self, key: str, *, channel: str, provider_message_id: str | None, error: str | None = None
+    ) -> bool:
+        """A status webhook carrying ``key`` proves the provider accepted the send: an ``uncertain``
+        or ``in_flight`` key (any owner, live lease or not) becomes ``sent``, or ``failed`` with
+        ``error`` when given (a ``failed`` status). Other keys, and keys never seen, are left alone
+        (no record is created). A later ``complete``/``release`` of the old owner changes nothing.
+
+        :returns: whether the key changed.
+        """
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> int:
+        """:meth:`settle` each of ``settlements`` in order, in one step (one transaction, one round
+        trip); the number of keys changed."""
 
     async def get(self, key: str) -> KeyRecord | None:
         """The key's record, or ``None`` if it was never claimed (or was released)."""
@@ -132,11 +161,34 @@ class MemoryKeyStore:
             record, state=state, updated_at=self._clock.now(), lease_until=None, error=error
         )
 
+    async def settle(
+        self, key: str, *, channel: str, provider_message_id: str | None, error: str | None = None
+    ) -> bool:
+        return self._settle(Settlement(key, channel, provider_message_id, error))
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> int:
+        return sum(self._settle(settlement) for settlement in settlements)
+
     async def get(self, key: str) -> KeyRecord | None:
         return self._records.get(key)
 
     async def close(self) -> None:
         return None
+
+    def _settle(self, settlement: Settlement) -> bool:
+        record = self._records.get(settlement.key)
+        if record is None or record.state not in (KeyState.IN_FLIGHT, KeyState.UNCERTAIN):
+            return False
+        self._records[settlement.key] = attrs.evolve(
+            record,
+            state=KeyState.SENT if settlement.error is None else KeyState.FAILED,
+            updated_at=self._clock.now(),
+            lease_until=None,
+            channel=settlement.channel,
+            provider_message_id=settlement.provider_message_id,
+            error=settlement.error,
+        )
+        return True
 
     def _held(self, key: str, owner: str) -> KeyRecord | None:
         """The record if ``owner`` still holds the lease (a late owner changes nothing)."""
