@@ -25,6 +25,8 @@ given: ``StorePlugin(store_factory=lambda url, clock: FakeStore())`` in tests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "store"
 WRITER_STATE = "store.writer"
+RETENTION_STATE = "store.retention"
 
 StoreFactory: TypeAlias = Callable[[str, Clock], "MessageStore | Awaitable[MessageStore]"]
 """Opens the store at a URL: ``(url, clock) -> MessageStore`` (or an awaitable of one)."""
@@ -113,18 +116,24 @@ class StorePlugin:
                 raise
             log.info("message store %s at schema version %d", display_url(config.url), version)
         if config.retention_days is not None:
-            before = service.clock.now() - timedelta(days=config.retention_days)
-            forgotten = await store.forget_details(before)
-            log.info(
-                "message store: dropped the details of %d messages older than %g days",
-                forgotten,
-                config.retention_days,
+            try:
+                await _apply_retention(store, service, config.retention_days)
+            except BaseException:
+                await store.close()
+                raise
+            service.state[RETENTION_STATE] = asyncio.create_task(
+                _retention_loop(store, service, config), name="omnichannel-store-retention"
             )
         service.state[PLUGIN_NAME] = store
         service.state[WRITER_STATE] = GroupWriter(store, max_batch=config.max_batch)
 
     @hookimpl
     async def shutdown(self, service: OmniChannelService) -> None:
+        retention: asyncio.Task[None] | None = service.state.pop(RETENTION_STATE, None)
+        if retention is not None:
+            retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
         writer: GroupWriter | None = service.state.pop(WRITER_STATE, None)
         if writer is not None:
             await writer.drain()
@@ -159,6 +168,23 @@ class StorePlugin:
 
         cli.add_command(db_group(self))
         cli.add_command(stats_command(self))
+
+
+async def _apply_retention(store: MessageStore, service: OmniChannelService, days: float) -> None:
+    before = service.clock.now() - timedelta(days=days)
+    forgotten = await store.forget_details(before)
+    log.info("message store: dropped the details of %d messages older than %g days", forgotten, days)
+
+
+async def _retention_loop(store: MessageStore, service: OmniChannelService, config: StoreConfig) -> None:
+    """Apply the retention every ``retention_interval_s`` while the service runs."""
+    assert config.retention_days is not None
+    while True:
+        await service.clock.sleep(config.retention_interval_s)
+        try:
+            await _apply_retention(store, service, config.retention_days)
+        except Exception:  # the next round tries again; sends are not affected
+            log.exception("message store %s: retention failed", display_url(config.url))
 
 
 def _describe(event: Recorded) -> str:

@@ -35,9 +35,9 @@ def _retention(_: object, attribute: attrs.Attribute[Any], value: float | None) 
         raise InvalidField(attribute.name, f"must be > 0 days, got {value!r}")
 
 
-def _positive(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 1:
-        raise InvalidField(attribute.name, f"must be >= 1, got {value!r}")
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise InvalidField(attribute.name, f"must be > 0, got {value!r}")
 
 
 @attrs.frozen
@@ -50,8 +50,10 @@ class StoreConfig:
     :param upgrade_on_start: apply pending schema migrations when the service starts (else run
         ``omnichannel db upgrade`` before starting).
     :param retention_days: after this many days a message's recipient and error details are
-        dropped (its counts and times stay for the analytics); applied when the service starts.
+        dropped (its counts and times stay for the analytics); applied when the service starts
+        and every ``retention_interval_s`` while it runs.
         ``None`` (default): kept.
+    :param retention_interval_s: how often a running service applies the retention again.
     :param max_batch: the most events one write of the store takes (events that arrive while
         the store is busy are written together).
     """
@@ -59,4 +61,5 @@ class StoreConfig:
     url: str = attrs.field(default=DEFAULT_URL, validator=_url, repr=_masked_repr)
     upgrade_on_start: bool = True
     retention_days: float | None = attrs.field(default=None, validator=_retention)
+    retention_interval_s: float = attrs.field(default=3600.0, validator=_positive)
     max_batch: int = attrs.field(default=500, validator=_positive)

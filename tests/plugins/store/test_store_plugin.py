@@ -7,6 +7,7 @@ unknown provider id waits until the send is recorded. The real backends are test
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -275,13 +276,48 @@ async def test_startup_opens_and_upgrades_and_shutdown_closes(factory: Factory) 
     assert message_store(service) is None
 
 
+class GatedClock(FakeClock):
+    """A fake clock whose ``sleep`` returns only when the test lets it (one permit per sleep)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permits: asyncio.Queue[None] = asyncio.Queue()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.permits.get()
+        await super().sleep(seconds)
+
+
 async def test_retention_forgets_old_details_at_startup(factory: Factory) -> None:
-    clock = FakeClock()
+    clock = GatedClock()
     async with make_service(("store", StorePlugin(factory)), config=config(retention_days=30), clock=clock):
         assert factory.store.forgotten_before == [clock.now() - timedelta(days=30)]
     async with make_service(("store", StorePlugin(factory)), config=config()):
         pass
     assert len(factory.store.forgotten_before) == 1  # no retention configured: nothing forgotten
+
+
+async def test_retention_runs_again_every_interval_while_the_service_runs(factory: Factory) -> None:
+    clock = GatedClock()
+    forgot = asyncio.Event()
+    forget = factory.store.forget_details
+
+    async def forget_and_tell(before: datetime) -> int:
+        forgot.set()
+        return await forget(before)
+
+    factory.store.forget_details = forget_and_tell  # type: ignore[method-assign]
+    settings = config(retention_days=30, retention_interval_s=3600)
+    async with make_service(("store", StorePlugin(factory)), config=settings, clock=clock):
+        start = clock.now()
+        forgot.clear()
+        clock.permits.put_nowait(None)  # an hour passes
+        await forgot.wait()
+        assert clock.sleeps == [3600]
+    assert factory.store.forgotten_before == [
+        start - timedelta(days=30),
+        start + timedelta(hours=1) - timedelta(days=30),
+    ]
 
 
 def test_retention_must_be_positive() -> None:
