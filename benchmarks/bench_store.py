@@ -1,4 +1,5 @@
-"""The message store: webhook status ingestion (events/s) and analytics over one million messages.
+"""The message store: recording sends (sends/s), webhook status ingestion (events/s) and
+analytics over one million messages.
 
 Usage::
 
@@ -8,6 +9,15 @@ Usage::
     python benchmarks/bench_store.py --strict       # exit 1 when a target is missed
     python benchmarks/bench_store.py --no-postgres  # SQLite only
     python benchmarks/bench_store.py --explain      # per-query times and PostgreSQL plans
+    python benchmarks/bench_store.py --sends-only   # only the sends
+
+Sends: accepted sends as the store plugin records them (a new message id each, with recipient,
+provider id, template and language) through ``record_send`` one by one, then through
+``record_sends`` in batches of 100 and 500 (one transaction each), then batches of 500 whose
+messages were all recorded already (``queued``, then the batch re-sends them ``accepted``: the
+path that reads the rows and histories). Each row gives sends/s, the benchmark process's CPU per
+send (``time.process_time``: the event loop and aiosqlite's thread) and, on PostgreSQL, the CPU
+of the server process that served the store's one connection (``/proc/<pid>/stat``), per send.
 
 Ingestion: ``record_send`` of N accepted messages (with provider ids; untimed), then their status
 events (``sent``, ``delivered``, ``read``; a fifth of the messages get one event twice; all the
@@ -26,14 +36,18 @@ SQLite a recursive CTE) over 30 days, around the store, so the aggregates are th
 ``messages``); ``message_stats(exact=True)`` (every latency read and sorted) is timed once, and
 its percentiles compared with the approximate ones (the histograms).
 
-Targets: at least 5,000 status events/s into PostgreSQL with batching (``record_statuses``); a
-stats query over 1M messages under 1 s. Every schema and file created is dropped at the end.
+Targets: at least 5,000 sends/s through ``record_sends`` (500 per batch) on each backend, at
+most 50 µs of CPU per send (this process, plus PostgreSQL's server process); at least 5,000
+status events/s into PostgreSQL with batching (``record_statuses``); a stats query over 1M
+messages under 1 s. Every schema and file created is dropped at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import random
 import sys
 import tempfile
@@ -45,11 +59,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import attrs
 from _harness import arguments, verdict_line
 from _machine import machine
 
 from omnichannel.message import DeliveryStatus
-from omnichannel.store import MessageStore, StatusUpdate
+from omnichannel.store import MessageStore, SendRecord, StatusUpdate
 from omnichannel.store.analytics import Fetch, _message_stats, message_stats, template_performance
 from omnichannel.store.postgres import PostgresMessageStore
 from omnichannel.store.sqlite import SqliteMessageStore
@@ -60,6 +75,9 @@ CONCURRENCY = (1, 10, 50)
 BATCH = 500
 BATCH_CONCURRENCY = (1, 4)
 INGEST_TARGET = 5000.0
+SEND_BATCHES = (100, 500)
+SENDS_TARGET = 5000.0
+SEND_CPU_TARGET_US = 50.0
 STATS_TARGET_S = 1.0
 DAY_MS = 86_400_000
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -87,7 +105,7 @@ def events_for(tag: str, n: int, rng: random.Random) -> list[Event]:
     return events
 
 
-async def record_sends(store: MessageStore, tag: str, n: int, concurrency: int) -> float:
+async def send_one_by_one(store: MessageStore, tag: str, n: int, concurrency: int) -> float:
     """Record ``n`` accepted sends; return sends/s."""
 
     async def one(i: int) -> None:
@@ -119,7 +137,7 @@ async def workers(job: Callable[[Any], Awaitable[None]], items: Sequence[Any], c
 
 
 async def ingest(store: MessageStore, tag: str, n: int, concurrency: int) -> dict[str, Any]:
-    sends = await record_sends(store, tag, n, concurrency)
+    sends = await send_one_by_one(store, tag, n, concurrency)
     events = events_for(tag, n, random.Random(tag))
 
     async def one(event: Event) -> None:
@@ -142,7 +160,7 @@ async def ingest_batched(
     store: MessageStore, tag: str, n: int, batch: int, concurrency: int
 ) -> dict[str, Any]:
     """The same events through ``record_statuses``, ``batch`` per call, ``concurrency`` calls at once."""
-    await record_sends(store, tag, n, 10)
+    await send_one_by_one(store, tag, n, 10)
     events = events_for(tag, n, random.Random(tag))
     chunks = [
         [StatusUpdate(CHANNEL, pid, status, at) for pid, status, at in events[first : first + batch]]
@@ -151,6 +169,92 @@ async def ingest_batched(
     rate = await workers(store.record_statuses, chunks, concurrency) * len(events) / len(chunks)
     await check_read(store, tag, n)
     return {"concurrency": concurrency, "batch": batch, "events": len(events), "events_per_s": rate}
+
+
+# ---------------------------------------------------------------- sends
+
+
+def send_records(tag: str, n: int, status: DeliveryStatus = DeliveryStatus.ACCEPTED) -> list[SendRecord]:
+    """``n`` sends of new messages, as the store plugin records a WhatsApp template send."""
+    return [
+        SendRecord(
+            message_id=f"{tag}-{i}",
+            channel=CHANNEL,
+            status=status,
+            at=BASE + timedelta(milliseconds=i),
+            recipient=f"+1555{i:07d}",
+            provider_message_id=None if status is DeliveryStatus.QUEUED else f"wamid.{tag}.{i}",
+            template="order_update",
+            language="en",
+        )
+        for i in range(n)
+    ]
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """The CPU time (user + system) of process ``pid`` so far (0 when there is none)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def server_pid(store: MessageStore) -> int | None:
+    """The PostgreSQL server process of the store's connection (its pool has one), else None."""
+    if not isinstance(store, PostgresMessageStore):
+        return None
+    pool = await store._connected()
+    async with pool.acquire() as conn:
+        return int(conn.get_server_pid())
+
+
+async def time_sends(
+    store: MessageStore, label: str, records: list[SendRecord], batch: int
+) -> dict[str, Any]:
+    """Record ``records`` (``batch`` per ``record_sends``, or 1: ``record_send`` each); the rates."""
+    keywords = [attrs.asdict(record, recurse=False) for record in records]
+    chunks = [records[first : first + batch] for first in range(0, len(records), batch)]
+    pid = await server_pid(store)
+    gc.collect()
+    server, cpu, wall = process_cpu_s(pid), time.process_time(), time.perf_counter()
+    if batch == 1:
+        for kwargs in keywords:
+            await store.record_send(**kwargs)
+    else:
+        for chunk in chunks:
+            await store.record_sends(chunk)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    server = process_cpu_s(pid) - server
+    n = len(records)
+    for record in random.Random(2).sample(records, min(n, 25)):
+        got = await store.get(record.message_id)
+        if (
+            got is None
+            or got.status is not record.status
+            or got.provider_message_id != record.provider_message_id
+        ):
+            raise RuntimeError(f"send {record.message_id} not recorded as {record.status.value}: {got}")
+    return {
+        "writer": label,
+        "batch": batch,
+        "sends": n,
+        "sends_per_s": n / wall,
+        "cpu_us_per_send": cpu / n * 1e6,
+        "server_cpu_us_per_send": server / n * 1e6 if pid is not None else None,
+    }
+
+
+async def run_sends(store: MessageStore, one_by_one: int, batched: int) -> list[dict[str, Any]]:
+    await store.upgrade()
+    rows = [await time_sends(store, "record_send", send_records("s1", one_by_one), 1)]
+    for batch in SEND_BATCHES:
+        rows.append(await time_sends(store, "record_sends", send_records(f"s{batch}", batched), batch))
+    # The same messages recorded first as queued: the batch reads and updates existing rows.
+    for first in range(0, batched, 500):
+        await store.record_sends(send_records("again", batched, DeliveryStatus.QUEUED)[first : first + 500])
+    rows.append(await time_sends(store, "record_sends, re-sends", send_records("again", batched), 500))
+    return rows
 
 
 # ---------------------------------------------------------------- one million messages
@@ -355,9 +459,29 @@ async def query_breakdown(store: MessageStore, start: datetime, end: datetime, e
 
 
 async def run_backend(
-    name: str, make: Callable[[int, str], MessageStore], events_n: int, stats_n: int, explain: bool, log: Any
+    name: str,
+    make: Callable[[int, str], MessageStore],
+    sizes: tuple[int, int, int, int],
+    explain: bool,
+    sends_only: bool,
+    log: Any,
 ) -> dict[str, Any]:
-    result: dict[str, Any] = {"backend": name, "ingestion": [], "batched": []}
+    one_by_one, batched, events_n, stats_n = sizes
+    result: dict[str, Any] = {"backend": name, "sends": [], "ingestion": [], "batched": []}
+    store = make(1, "sends")
+    try:
+        result["sends"] = await run_sends(store, one_by_one, batched)
+    finally:
+        await store.close()
+    for row in result["sends"]:
+        server = row["server_cpu_us_per_send"]
+        log(
+            f"{name:<10} {row['writer']:<23} batch {row['batch']:>3}  {row['sends']:>6,} sends "
+            f"{row['sends_per_s']:>8,.0f} sends/s  CPU {row['cpu_us_per_send']:6.1f} µs/send"
+            + ("" if server is None else f" + server {server:5.1f} µs/send")
+        )
+    if sends_only:
+        return result
     for k in CONCURRENCY:
         store = make(k, "ingest")
         try:
@@ -423,16 +547,18 @@ async def run_backend(
     return result
 
 
-async def main_async(quick: bool, postgres: bool, dsn: str, explain: bool, log: Any) -> list[dict[str, Any]]:
-    events_n = 500 if quick else 2000
-    stats_n = 100_000 if quick else 1_000_000
+async def main_async(
+    quick: bool, postgres: bool, dsn: str, explain: bool, sends_only: bool, log: Any
+) -> list[dict[str, Any]]:
+    # record_send one by one, record_sends per row, status events' messages, stats messages
+    sizes = (300, 4000, 500, 100_000) if quick else (1000, 20_000, 2000, 1_000_000)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_store_") as folder:
 
         def sqlite(k: int, part: str) -> MessageStore:
             return SqliteMessageStore(Path(folder) / f"{part}.sqlite3")
 
-        results.append(await run_backend("sqlite", sqlite, events_n, stats_n, explain, log))
+        results.append(await run_backend("sqlite", sqlite, sizes, explain, sends_only, log))
     if postgres:
         base = f"bench_store_{uuid.uuid4().hex[:10]}"
 
@@ -440,19 +566,62 @@ async def main_async(quick: bool, postgres: bool, dsn: str, explain: bool, log: 
             return PostgresMessageStore(dsn, schema=f"{base}_{part}", pool_size=k)
 
         try:
-            results.append(await run_backend("postgres", pg, events_n, stats_n, explain, log))
+            results.append(await run_backend("postgres", pg, sizes, explain, sends_only, log))
         finally:
             conn = await asyncpg.connect(dsn)
             try:
-                for part in ("ingest", "stats"):
+                for part in ("sends", "ingest", "stats"):
                     await conn.execute(f'DROP SCHEMA IF EXISTS "{base}_{part}" CASCADE')
             finally:
                 await conn.close()
     return results
 
 
-def verdicts(results: list[dict[str, Any]], quick: bool) -> list[tuple[bool | None, str]]:
+def send_verdicts(results: list[dict[str, Any]]) -> list[tuple[bool | None, str]]:
     lines: list[tuple[bool | None, str]] = []
+    for r in results:
+        rows = {(row["writer"], row["batch"]): row for row in r["sends"]}
+        best, single = rows["record_sends", 500], rows["record_send", 1]
+        ok = best["sends_per_s"] >= SENDS_TARGET
+        detail = f"record_send one by one {single['sends_per_s']:,.0f}/s"
+        lines.append(
+            (
+                ok,
+                verdict_line(
+                    ok,
+                    f"{r['backend']} sends (record_sends, 500 per batch)",
+                    f"{best['sends_per_s']:,.0f} sends/s",
+                    f"{SENDS_TARGET:,.0f} sends/s",
+                    detail,
+                    op=">=",
+                ),
+            )
+        )
+        cost = best["cpu_us_per_send"] + (best["server_cpu_us_per_send"] or 0.0)
+        ok = cost <= SEND_CPU_TARGET_US
+        where = "this process" + (" + PostgreSQL's" if best["server_cpu_us_per_send"] is not None else "")
+        single_cost = single["cpu_us_per_send"] + (single["server_cpu_us_per_send"] or 0.0)
+        detail = f"{where}; record_send one by one {single_cost:.0f} µs"
+        lines.append(
+            (
+                ok,
+                verdict_line(
+                    ok,
+                    f"{r['backend']} CPU per send (record_sends, 500 per batch)",
+                    f"{cost:.1f} µs",
+                    f"{SEND_CPU_TARGET_US:.0f} µs",
+                    detail,
+                    op="<=",
+                ),
+            )
+        )
+    return lines
+
+
+def verdicts(results: list[dict[str, Any]], quick: bool, sends_only: bool) -> list[tuple[bool | None, str]]:
+    lines = send_verdicts(results)
+    if sends_only:
+        return lines
     pg = next((r for r in results if r["backend"] == "postgres"), None)
     if pg is None:
         lines.append(
@@ -503,6 +672,7 @@ def main() -> int:
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--dsn", default=DSN, help=f"PostgreSQL (default {DSN}); a schema of its own is used")
     parser.add_argument("--explain", action="store_true", help="print each stats query's plan")
+    parser.add_argument("--sends-only", action="store_true", help="only the sends (no statuses, no stats)")
     args = parser.parse_args()
 
     def log(line: str) -> None:
@@ -517,9 +687,11 @@ def main() -> int:
             f"Python {info['python']} - {info['cpus']} CPUs ({info['cpu']})\n"
         )
     started = time.perf_counter()
-    results = asyncio.run(main_async(args.quick, not args.no_postgres, args.dsn, args.explain, log))
+    results = asyncio.run(
+        main_async(args.quick, not args.no_postgres, args.dsn, args.explain, args.sends_only, log)
+    )
     seconds = time.perf_counter() - started
-    found = verdicts(results, args.quick)
+    found = verdicts(results, args.quick, args.sends_only)
     if args.json:
         doc = {
             "machine": info,

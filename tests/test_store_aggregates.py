@@ -1,10 +1,11 @@
 """The aggregates (``message_counts``, ``message_latencies``) against a recount, on SQLite and PostgreSQL.
 
 Random sequences of sends, re-sends, statuses (duplicated, out of order, for unknown messages,
-by message id), ``record_statuses`` batches and retention leave the aggregates equal to a recount
-from ``messages`` (``rebuild_aggregates``, the migration's backfill), and ``message_stats`` /
-``template_performance`` equal to a recount in Python from ``get()``: the counts exactly, exact
-percentiles equal to ``percentile_cont`` and approximate ones within the documented bound.
+by message id), ``record_sends`` and ``record_statuses`` batches and retention leave the
+aggregates equal to a recount from ``messages`` (``rebuild_aggregates``, the migration's
+backfill), and ``message_stats`` / ``template_performance`` equal to a recount in Python from
+``get()``: the counts exactly, exact percentiles equal to ``percentile_cont`` and approximate
+ones within the documented bound.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ from test_store_backends import PG_URL, pg_schema  # noqa: F401  (the fixture)
 from test_store_rollup import bound
 
 from omnichannel.message import DeliveryStatus
-from omnichannel.store import MessageRecord, StatusUpdate
+from omnichannel.store import MessageRecord, SendRecord, StatusUpdate
 from omnichannel.store.analytics import (
     ErrorCount,
     Fetch,
@@ -249,8 +251,13 @@ batches = st.tuples(
         max_size=10,
     ),
 )
+send_batches = st.tuples(
+    st.just("sends"),
+    st.sampled_from(CREATED),
+    st.lists(sends.map(lambda send: send[1:4] + send[5:]), min_size=1, max_size=8),
+)
 forgets = st.tuples(st.just("forget"), st.sampled_from(CREATED))
-operations = st.lists(st.one_of(sends, statuses, batches, forgets), min_size=3, max_size=25)
+operations = st.lists(st.one_of(sends, statuses, batches, send_batches, forgets), min_size=3, max_size=25)
 
 
 async def play(world: World, ops: list[tuple[Any, ...]]) -> None:
@@ -259,24 +266,33 @@ async def play(world: World, ops: list[tuple[Any, ...]]) -> None:
     def ids(i: int) -> tuple[str, str, str]:
         return f"{prefix}m{i}", f"{prefix}p{i}", "sms" if i % 2 else "whatsapp"
 
+    def send(
+        i: int, status: DeliveryStatus, when: float, template: Any, language: Any, code: Any
+    ) -> SendRecord:
+        mid, pid, channel = ids(i)
+        world.message_ids.add(mid)
+        return SendRecord(
+            message_id=mid,
+            channel=channel,
+            status=status,
+            at=at(when),
+            recipient="+15550000000",
+            provider_message_id=None if status is Q else pid,
+            template=template,
+            language=language,
+            error_code=code if status is F else None,
+            error_detail="why" if status is F else None,
+        )
+
     for op in ops:
         if op[0] == "send":
             _, i, status, when, created, template, language, code = op
-            mid, pid, channel = ids(i)
             world.clock.moment = at(created)
-            await world.store.record_send(
-                message_id=mid,
-                channel=channel,
-                status=status,
-                at=at(when),
-                recipient="+15550000000",
-                provider_message_id=None if status is Q else pid,
-                template=template,
-                language=language,
-                error_code=code if status is F else None,
-                error_detail="why" if status is F else None,
-            )
-            world.message_ids.add(mid)
+            record = send(i, status, when, template, language, code)
+            await world.store.record_send(**attrs.asdict(record, recurse=False))
+        elif op[0] == "sends":  # one time for the whole batch
+            world.clock.moment = at(op[1])
+            await world.store.record_sends([send(*fields) for fields in op[2]])
         elif op[0] == "status":
             _, i, status, when, code, by_id = op
             mid, pid, channel = ids(i)

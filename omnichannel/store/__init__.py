@@ -33,6 +33,7 @@ from ..message import DeliveryStatus
 __all__ = [
     "MessageRecord",
     "MessageStore",
+    "SendRecord",
     "StatusEntry",
     "StatusUpdate",
     "StoreError",
@@ -61,6 +62,24 @@ class StatusUpdate:
     status: DeliveryStatus
     at: datetime
     message_id: str | None = None
+    error_code: str | None = None
+    error_detail: str | None = None
+
+
+@attrs.frozen
+class SendRecord:
+    """One send's outcome, for :meth:`MessageStore.record_sends` (the keyword arguments of
+    :meth:`MessageStore.record_send`)."""
+
+    message_id: str
+    channel: str
+    status: DeliveryStatus
+    at: datetime
+    recipient: str | None = None
+    provider_message_id: str | None = None
+    template: str | None = None
+    language: str | None = None
+    error_kind: str | None = None
     error_code: str | None = None
     error_detail: str | None = None
 
@@ -119,6 +138,12 @@ class MessageStore(Protocol):
 
         Statuses that arrived earlier for the provider's id are applied now.
         """
+
+    async def record_sends(self, sends: Sequence[SendRecord]) -> None:
+        """Many sends in one transaction: the same messages, histories, pending statuses applied
+        and aggregates as :meth:`record_send` for each in turn (a message id sent twice: the later
+        send is applied over the earlier), at a fraction of the cost; every message the batch
+        creates or changes gets the batch's time. An empty batch does nothing."""
 
     async def record_status(
         self,

@@ -24,11 +24,12 @@ from ..clock import Clock, SystemClock
 from ..errors import StoreError
 from ..idempotency.sqlite import from_ms, to_ms
 from ..message import DeliveryStatus
-from . import MessageRecord, StatusEntry, StatusUpdate
+from . import MessageRecord, SendRecord, StatusEntry, StatusUpdate
 from .batch import fold_by_message, lookup_of, lookups
 from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
 from .rollup import Deltas, Facts, latency_bucket
 from .rollup_sql import BUCKET_FUNCTION, SQLITE_ADD_COUNTS, SQLITE_ADD_LATENCIES, rebuild, rows
+from .sends import Existing, Planned, Rules, plan, send_keys
 from .status import fold_all
 
 if TYPE_CHECKING:
@@ -57,6 +58,26 @@ _WRITE_STATE = (
     "UPDATE messages SET status = ?, accepted_at = ?, sent_at = ?, delivered_at = ?, read_at = ?, "
     "failed_at = ?, error_code = ?, error_detail = ?, updated_at = ? WHERE message_id = ?"
 )
+_INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_UPDATE_SENT = (
+    "UPDATE messages SET recipient = coalesce(?, recipient), "
+    "provider_message_id = coalesce(?, provider_message_id), template = coalesce(?, template), "
+    "language = coalesce(?, language), error_kind = coalesce(?, error_kind), status = ?, "
+    "accepted_at = ?, sent_at = ?, delivered_at = ?, read_at = ?, failed_at = ?, error_code = ?, "
+    "error_detail = ?, updated_at = ? WHERE message_id = ?"
+)
+_TAKE_PENDING = (
+    f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) "
+    f"SELECT ?, {_ENTRY_COLUMNS} FROM pending_statuses "
+    "WHERE channel = ? AND provider_message_id = ? ORDER BY id ON CONFLICT DO NOTHING"
+)
+# The statuses waiting under a batch's [channel, provider id] keys (a JSON array), oldest first.
+_PENDING_FOR = """
+SELECT p.channel, p.provider_message_id, p.status, p.occurred_at, p.error_code, p.error_detail
+FROM json_each(?) AS j JOIN pending_statuses p
+  ON p.channel = json_extract(j.value, '$[0]') AND p.provider_message_id = json_extract(j.value, '$[1]')
+ORDER BY p.id
+"""
 # Each lookup [message id, channel, provider id] of a batch (a JSON array) resolved as
 # record_status does.
 _RESOLVE = """
@@ -105,6 +126,57 @@ def _record(row: Any) -> MessageRecord:
     return MessageRecord(
         mid, channel, DeliveryStatus(status), from_ms(created), from_ms(updated), *texts, *times
     )
+
+
+def _stored(moment: datetime) -> datetime:
+    """A time as the store keeps it (to the millisecond)."""
+    return from_ms(to_ms(moment))
+
+
+_RULES = Rules(stored=_stored, to_micros=_stored_micros, pending_by_row=True)
+
+
+def _state_values(state: StatusState) -> tuple[Any, ...]:
+    """status, the five times, error code and detail, as the columns hold them."""
+    assert state.status is not None
+    return (
+        state.status.value,
+        _ms(state.accepted_at),
+        _ms(state.sent_at),
+        _ms(state.delivered_at),
+        _ms(state.read_at),
+        _ms(state.failed_at),
+        state.error_code,
+        state.error_detail,
+    )
+
+
+def _insert_args(message: Planned, now: int) -> tuple[Any, ...]:
+    status, accepted, sent, delivered, read, failed, code, detail = _state_values(message.state)
+    return (
+        message.message_id,
+        message.channel,
+        status,
+        now,
+        now,
+        message.recipient,
+        message.provider_message_id,
+        message.template,
+        message.language,
+        message.error_kind,
+        code,
+        detail,
+        accepted,
+        sent,
+        delivered,
+        read,
+        failed,
+    )
+
+
+def _update_args(message: Planned, now: int) -> tuple[Any, ...]:
+    texts = message[2:7]
+    return (*texts, *_state_values(message.state), now, message.message_id)
 
 
 def _state_args(state: StatusState, now: int, message_id: str) -> list[Any]:
@@ -207,12 +279,7 @@ class SqliteMessageStore:
             )
             pid = provider_message_id if row is None or provider_message_id is not None else row[0]
             if pid is not None:
-                await db.execute(
-                    f"INSERT INTO message_statuses (message_id, {_ENTRY_COLUMNS}) "
-                    f"SELECT ?, {_ENTRY_COLUMNS} FROM pending_statuses "
-                    "WHERE channel = ? AND provider_message_id = ? ON CONFLICT DO NOTHING",
-                    (message_id, base.channel, pid),
-                )
+                await db.execute(_TAKE_PENDING, (message_id, base.channel, pid))
                 await db.execute(
                     "DELETE FROM pending_statuses WHERE channel = ? AND provider_message_id = ?",
                     (base.channel, pid),
@@ -223,6 +290,74 @@ class SqliteMessageStore:
             await self._add(db, deltas)
 
         await self._run("record_send", run, write=True)
+
+    async def record_sends(self, sends: Sequence[SendRecord]) -> None:
+        """See :meth:`MessageStore.record_sends`.
+
+        One ``BEGIN IMMEDIATE`` transaction: the batch's existing rows read in one query, the
+        statuses waiting for its keys in one, the histories of the existing messages in one (none
+        when every message is new); the batch played in memory (:mod:`omnichannel.store.sends`);
+        then one ``executemany`` per table: the new messages inserted whole, the others updated,
+        the history rows, the waiting statuses deleted, the aggregates' changes.
+        """
+        batch = list(sends)
+        if not batch:
+            return
+
+        async def run(db: aiosqlite.Connection) -> None:
+            now = to_ms(self._clock.now())
+            ids = json.dumps(list(dict.fromkeys(send.message_id for send in batch)))
+            async with db.execute(
+                f"SELECT message_id, provider_message_id, {_FACTS} FROM messages "
+                "WHERE message_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            ) as cursor:
+                existing = {row[0]: Existing(row[1], _facts(row[2:])) for row in await cursor.fetchall()}
+            keys = send_keys(batch, existing, _RULES)
+            waiting: dict[tuple[str, str], list[StatusEntry]] = {}
+            wanted = list(dict.fromkeys(key for key in keys if key is not None))
+            if wanted:
+                async with db.execute(_PENDING_FOR, (json.dumps(wanted),)) as cursor:
+                    for row in await cursor.fetchall():
+                        waiting.setdefault((row[0], row[1]), []).append(_entry(row[2:]))
+            histories: dict[str, list[StatusEntry]] = {}
+            if existing:
+                async with db.execute(
+                    f"SELECT message_id, {_ENTRY_COLUMNS} FROM message_statuses "
+                    "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                    (json.dumps(sorted(existing)),),
+                ) as cursor:
+                    for row in await cursor.fetchall():
+                        histories.setdefault(row[0], []).append(_entry(row[1:]))
+            done = plan(
+                batch,
+                keys,
+                now_micros=now * 1000,
+                existing=existing,
+                histories=histories,
+                pending=waiting,
+                rules=_RULES,
+            )
+            if done.inserts:
+                await db.executemany(_INSERT_MESSAGE, [_insert_args(m, now) for m in done.inserts])
+            if done.updates:
+                await db.executemany(_UPDATE_SENT, [_update_args(m, now) for m in done.updates])
+            if done.entries:
+                await db.executemany(
+                    _INSERT_ENTRY,
+                    [
+                        (mid, e.status.value, to_ms(e.occurred_at), e.error_code, e.error_detail)
+                        for mid, e in done.entries
+                    ],
+                )
+            if done.consumed:
+                await db.executemany(
+                    "DELETE FROM pending_statuses WHERE channel = ? AND provider_message_id = ?",
+                    done.consumed,
+                )
+            await self._add(db, done.deltas)
+
+        await self._run("record_sends", run, write=True)
 
     async def record_status(
         self,

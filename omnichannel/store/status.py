@@ -45,8 +45,8 @@ ORDER: dict[DeliveryStatus, int] = {
 }
 """The order in which the folded ``status`` moves: it never goes down in it."""
 
-_ARRIVED = (DeliveryStatus.READ, DeliveryStatus.DELIVERED)
-_BEFORE = (DeliveryStatus.SENT, DeliveryStatus.ACCEPTED, DeliveryStatus.QUEUED)
+_FIELD = {status: f"{status.value}_at" for status in DeliveryStatus}
+"""Each status's time field (``read`` -> ``read_at``)."""
 
 
 def _earliest(current: datetime | None, moment: datetime) -> datetime:
@@ -68,26 +68,31 @@ class StatusState:
 
     def at(self, status: DeliveryStatus) -> datetime | None:
         """The earliest time of ``status`` (``delivered`` includes reads)."""
-        value: datetime | None = getattr(self, f"{status.value}_at")
+        value: datetime | None = getattr(self, _FIELD[status])
         return value
 
     @property
     def status(self) -> DeliveryStatus | None:
         """Where the message stands (see the module docstring)."""
-        for status in _ARRIVED:
-            if self.at(status) is not None:
-                return status
+        # Written out: a batch of sends asks this several times per message.
+        if self.read_at is not None:
+            return DeliveryStatus.READ
+        if self.delivered_at is not None:
+            return DeliveryStatus.DELIVERED
         if self.failed_at is not None:
             return DeliveryStatus.FAILED
-        for status in _BEFORE:
-            if self.at(status) is not None:
-                return status
+        if self.sent_at is not None:
+            return DeliveryStatus.SENT
+        if self.accepted_at is not None:
+            return DeliveryStatus.ACCEPTED
+        if self.queued_at is not None:
+            return DeliveryStatus.QUEUED
         return None
 
 
 def fold(state: StatusState, entry: StatusEntry) -> StatusState:
     """``state`` with ``entry`` applied; commutative, associative and idempotent in the entries."""
-    name = f"{entry.status.value}_at"
+    name = _FIELD[entry.status]
     changes: dict[str, Any] = {name: _earliest(getattr(state, name), entry.occurred_at)}
     if entry.status is DeliveryStatus.READ:
         changes["delivered_at"] = _earliest(state.delivered_at, entry.occurred_at)

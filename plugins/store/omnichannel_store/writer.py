@@ -3,8 +3,9 @@
 Every listener call waits until its event is in the store (nothing is lost when the process
 stops right after a send or a webhook's answer), but concurrent sends and webhooks share one
 write: while a batch is being written, the next events queue up, and the next batch takes them
-all (up to ``max_batch``). Sends are recorded first, then the batch's statuses in one
-``record_statuses`` transaction, so a status whose send is in the same batch applies at once.
+all (up to ``max_batch``). The batch's sends are recorded first, in one ``record_sends``
+transaction, then its statuses in one ``record_statuses`` transaction, so a status whose send is
+in the same batch applies at once.
 
 A batch that fails is written again one event at a time, so that only the events the store
 refuses fail (each with its own error); the others are kept.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import attrs
 
 from omnichannel import DeliveryFailed, DeliveryStatus, MessageSent, StatusChanged, Template
-from omnichannel.store import StatusUpdate
+from omnichannel.store import SendRecord, StatusUpdate
 
 if TYPE_CHECKING:
     from omnichannel import ErrorInfo, Message
@@ -83,13 +84,13 @@ class GroupWriter:
 
 
 async def record_batch(store: MessageStore, events: list[Recorded]) -> None:
-    """Write ``events``: the sends one by one, then every status in one transaction."""
-    statuses: list[StatusUpdate] = []
-    for event in events:
-        if isinstance(event, StatusChanged):
-            statuses.append(_update(event))
-        else:
-            await record(store, event)
+    """Write ``events``: their sends in one transaction, then their statuses in another."""
+    sends = [send for event in events if (send := _send(event)) is not None]
+    statuses = [_update(event) for event in events if isinstance(event, StatusChanged)]
+    if len(sends) == 1:
+        await store.record_send(**attrs.asdict(sends[0], recurse=False))
+    elif sends:
+        await store.record_sends(sends)
     if len(statuses) == 1:
         await store.record_status(**attrs.asdict(statuses[0], recurse=False))
     elif statuses:
@@ -100,12 +101,20 @@ async def record(store: MessageStore, event: Recorded) -> None:
     """Write what ``event`` says to ``store``."""
     if isinstance(event, StatusChanged):
         await store.record_status(**attrs.asdict(_update(event), recurse=False))
-        return
+    elif (send := _send(event)) is not None:
+        await store.record_send(**attrs.asdict(send, recurse=False))
+
+
+def _send(event: Recorded) -> SendRecord | None:
+    """The send record of a ``MessageSent``/``DeliveryFailed`` (``None`` for a status, or a send
+    that failed before any channel was chosen: there is nothing to track)."""
+    if isinstance(event, StatusChanged):
+        return None
     receipt = event.receipt
     template, language = _template(event.message)
     if isinstance(event, MessageSent):
         queued = receipt.status is DeliveryStatus.QUEUED
-        await store.record_send(
+        return SendRecord(
             message_id=receipt.message_id,
             channel=receipt.channel,
             status=DeliveryStatus.QUEUED if queued else DeliveryStatus.ACCEPTED,
@@ -115,10 +124,9 @@ async def record(store: MessageStore, event: Recorded) -> None:
             template=template,
             language=language,
         )
-        return
-    if not receipt.channel:  # failed before any channel was chosen: there is nothing to track
-        return
-    await store.record_send(
+    if not receipt.channel:
+        return None
+    return SendRecord(
         message_id=receipt.message_id,
         channel=receipt.channel,
         status=DeliveryStatus.FAILED,

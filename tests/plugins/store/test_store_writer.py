@@ -44,6 +44,13 @@ class CountingStore:
             raise ValueError(f"refused {fields['message_id']}")
         await self.store.record_send(**fields)
 
+    async def record_sends(self, sends: Any) -> None:
+        self.calls.append("record_sends")
+        refused = [send.message_id for send in sends if send.message_id in self.refuse]
+        if refused:
+            raise ValueError(f"refused {refused[0]}")
+        await self.store.record_sends(sends)
+
     async def record_status(self, **fields: Any) -> None:
         self.calls.append("record_status")
         await self.store.record_status(**fields)
@@ -79,11 +86,9 @@ async def test_concurrent_events_share_writes_and_all_land(store: CountingStore)
 
     await asyncio.gather(*(writer.write(event) for event in [*sends, *statuses]))
 
-    # All 125 events queue before the writer runs: two batches of at most 100 events, each with
-    # its statuses in one transaction.
-    assert store.calls.count("record_statuses") == 2
-    assert store.calls.count("record_send") == 50
-    assert "record_status" not in store.calls
+    # All 125 events queue before the writer runs: two batches of at most 100 events, the first
+    # with its 50 sends in one transaction and its 50 statuses in another, the second 25 statuses.
+    assert store.calls == ["record_sends", "record_statuses", "record_statuses"]
     for n in range(50):
         record = await store.get(f"m{n}")
         assert record is not None
@@ -106,6 +111,8 @@ async def test_only_the_refused_event_fails_the_others_are_kept(tmp_path: Path) 
     try:
         results = await asyncio.gather(*(writer.write(sent(n)) for n in range(6)), return_exceptions=True)
         failures = [(n, r) for n, r in enumerate(results) if r is not None]
+        # The batch is refused as a whole, then written one send at a time: only m3 fails.
+        assert store.calls == ["record_sends"] + ["record_send"] * 6
         assert len(failures) == 1
         assert failures[0][0] == 3
         assert str(failures[0][1]) == "refused m3"
