@@ -11,7 +11,8 @@ Usage::
 Services come from ``omnichannel.testing.make_service`` around a ``RecordingChannel`` (no I/O)
 with the real ``SystemClock``, as in ``bench_core.py``. ``MetricsPlugin`` runs its two per-send
 hooks: the outermost ``send`` wrapper (a histogram observation) and the ``on_event`` listener
-(three labelled counters per ``MessageSent``). Two pairs of services, each pair timed interleaved
+(three counters per ``MessageSent``, plain numbers that a scrape folds into prometheus-client
+families). Two pairs of services, each pair timed interleaved
 message by message and round-robin with the other and a pure-Python loop (``_harness.py``):
 
 * the channel only (baseline) against ``+ metrics``: the plugin alone, the core's attempt
@@ -253,7 +254,7 @@ async def breakdown(number: int) -> list[tuple[str, float]]:
     calls = {
         "instruments(service)": lambda: instruments(service),
         "observe_send (the wrapper's histogram)": lambda: metrics.observe_send(CHANNEL, "sent", 0.01),
-        "record(MessageSent) (the listener: 3 labelled counters)": lambda: metrics.record(event),
+        "record(MessageSent) (the listener: 3 counters)": lambda: metrics.record(event),
         "service.sender_of (a label of record)": lambda: service.sender_of(event.message, CHANNEL),
     }
     async with service:

@@ -535,6 +535,7 @@ async def breakdown(number: int, redis_url: str | None) -> list[tuple[str, float
     """
     from omnichannel_resilience.breaker import Outcome
     from omnichannel_resilience.retry import call_with_retries
+    from omnichannel_resilience.timeouts import Watchdog
 
     rig = build_rig({"rate_limit": LOOSE_RATE_LIMITS})
     pool = message_pool()
@@ -551,6 +552,7 @@ async def breakdown(number: int, redis_url: str | None) -> list[tuple[str, float
         assert layer.limiter is not None
         assert layer.bulkhead is not None
         breakers, limiter, bulkhead = layer.breakers, layer.limiter, layer.bulkhead
+        watchdog = Watchdog()
 
         async def inner() -> int:
             return 1
@@ -578,8 +580,19 @@ async def breakdown(number: int, redis_url: str | None) -> list[tuple[str, float
             await limiter.on_success(sender, recipient)
 
         async def slot() -> None:
-            async with bulkhead.slot(sender):
+            held = bulkhead.try_acquire(sender)
+            assert held is not None
+            try:
                 await inner()
+            finally:
+                bulkhead.release(sender, held)
+
+        async def watched() -> None:
+            watch = watchdog.watch(10.0)
+            try:
+                await inner()
+            finally:
+                watchdog.forget(watch)
 
         async def timeout() -> None:
             async with asyncio.timeout(10.0):
@@ -609,10 +622,11 @@ async def breakdown(number: int, redis_url: str | None) -> list[tuple[str, float
                 ("call_with_retries(inner) (python-backoff + budget)", retries),
                 ("breaker acquire + record(SUCCESS), memory", breaker),
                 ("limiter acquire + on_success, memory (2 GCRA keys)", limits),
-                ("async with bulkhead.slot(sender)", slot),
-                ("async with asyncio.timeout(10)", timeout),
-                ("service.sender_of(message, channel)", sender_of),
-                ("layer.wrap(inner, message, channel) (closures only)", wrap),
+                ("bulkhead try_acquire + release (a free slot)", slot),
+                ("attempt timeout: a Watchdog entry around inner", watched),
+                ("async with asyncio.timeout(10) (not used; for scale)", timeout),
+                ("service.sender_of(message, channel), outside a send", sender_of),
+                ("layer.wrap(inner, message, channel) (the per-send object)", wrap),
                 ("layer.wrap(...)() (the whole layer around inner)", wrapped),
                 ("service.send(Text), channel only", bare_send),
                 ("service.send(Text), + resilience recommended", send),

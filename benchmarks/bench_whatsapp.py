@@ -7,6 +7,8 @@ Usage::
     python benchmarks/bench_whatsapp.py --json           # machine-readable results on stdout
     python benchmarks/bench_whatsapp.py --templates 100  # an account with 100 templates
     python benchmarks/bench_whatsapp.py --profile        # cProfile of the pipeline at concurrency 50, 0 ms
+    python benchmarks/bench_whatsapp.py --ab             # A/B in one process: with and without the plugins
+    python benchmarks/bench_whatsapp.py --disable-plugin store  # the pipeline without an installed plugin
 
 The WhatsApp Cloud API sandbox runs in its own process
 (``python -m omnichannel whatsapp sandbox``, no webhooks, a phone-number
@@ -46,6 +48,13 @@ Peak memory comes from a separate, untimed run per cell and mode under
 ``tracemalloc``: the peak of Python allocations during that run above what was
 allocated when it started (the messages are built before), in MiB. tracemalloc
 slows allocation down, so it never runs during a timed run.
+
+``--ab [VARIANT ...]`` compares, at concurrency 50 and 0 ms, pipelines with the
+resilience and metrics plugins on or off (``pipeline``, ``resilience-only``,
+``metrics-only``, ``neither``) and the bare loop, in this one process against
+one sandbox, alternated run by run (``--runs``, default 6, of ``--messages``,
+default 2,500): on a noisy host, fairer than separate full runs. Any other
+installed plugin (a message store, ...) is off in every variant.
 
 Target: at concurrency 50, the pipeline sends at least 0.85x the messages per
 second of the bare loop, with 0 ms and with 50 ms of sandbox latency. The
@@ -325,9 +334,12 @@ def make_messages(content: Template, count: int) -> list[Message]:
     return [Message(f"+1650{i:07d}", content, channel="whatsapp") for i in range(count)]
 
 
-def make_service(url: str) -> OmniChannelService:
+def make_service(url: str, disabled: Sequence[str] = ()) -> OmniChannelService:
     """The service as an application configures it: installed plugins, the whatsapp plugin on the
-    sandbox; resilience, if installed, with its default profile but no rate limits (see the module)."""
+    sandbox; resilience, if installed, with its default profile but no rate limits (see the module).
+
+    :param disabled: plugins switched off (``enabled = false``), for the A/B comparison.
+    """
     defaults = SandboxSettings()
     plugins = {
         "whatsapp": PluginSettings(
@@ -343,6 +355,8 @@ def make_service(url: str) -> OmniChannelService:
     }
     if "resilience" in {e.name for e in entry_points(group="omnichannel")}:
         plugins["resilience"] = PluginSettings(settings=RESILIENCE_SETTINGS)
+    for name in disabled:
+        plugins[name] = PluginSettings(enabled=False)
     return OmniChannelService(ServiceConfig(plugins=plugins))
 
 
@@ -541,9 +555,12 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(sandbox: SandboxProcess) -> AsyncIterator[Rig]:
-    """The started service (templates fetched), the bare session, the control API and the template."""
-    service = make_service(sandbox.url)
+async def rig(sandbox: SandboxProcess, disabled: Sequence[str] = ()) -> AsyncIterator[Rig]:
+    """The started service (templates fetched), the bare session, the control API and the template.
+
+    :param disabled: installed plugins the pipeline runs without (``--disable-plugin``).
+    """
+    service = make_service(sandbox.url, disabled)
     async with service, aiohttp.ClientSession() as control_http:
         limit = service.config.http.max_connections
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as bare_http:
@@ -563,9 +580,11 @@ async def rig(sandbox: SandboxProcess) -> AsyncIterator[Rig]:
             )
 
 
-async def measure(plan: Plan, sandbox: SandboxProcess) -> tuple[list[Row], dict[str, Any]]:
+async def measure(
+    plan: Plan, sandbox: SandboxProcess, disabled: Sequence[str] = ()
+) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
-    async with rig(sandbox) as r:
+    async with rig(sandbox, disabled) as r:
         service, clients, control, content = r.service, r.clients, r.control, r.content
         context = {
             "plugins": [p.name for p in service.plugins() if not p.builtin],
@@ -693,6 +712,61 @@ def print_table(
     print(f"\n(run took {seconds:.1f} s)")
 
 
+# ---------------------------------------------------------------- same-process A/B
+
+AB_VARIANTS: dict[str, tuple[str, ...]] = {
+    "pipeline": (),
+    "resilience-only": ("metrics",),
+    "metrics-only": ("resilience",),
+    "neither": ("metrics", "resilience"),
+}
+"""Pipeline variants of ``--ab``, by the plugins each switches off (``enabled = false``)."""
+AB_PLUGINS = {"console", "metrics", "resilience", "whatsapp"}
+"""The plugins ``--ab`` leaves on (but those its variant switches off); any other installed one is off."""
+
+
+async def ab(sandbox: SandboxProcess, variants: Sequence[str], runs: int, messages: int) -> str:
+    """The pipeline's variants and the bare loop at concurrency 50, 0 ms, alternated run by run in
+    this one process against one sandbox: fairer comparisons on a noisy host than separate runs."""
+    # Other installed plugins (a message store, ...) sit out: the variants differ by these two only.
+    others = sorted({e.name for e in entry_points(group="omnichannel")} - AB_PLUGINS)
+    async with contextlib.AsyncExitStack() as stack:
+        r = await stack.enter_async_context(rig(sandbox, others))
+        clients: dict[str, Client] = {"bare": r.bare}
+        for name in variants:
+            service = make_service(sandbox.url, (*AB_VARIANTS[name], *others))
+            await stack.enter_async_context(service)
+            registry = runtime(service).registry
+            assert registry is not None
+            await registry.templates()
+            clients[name] = PipelineClient(service)
+        await r.control.prepare(0.0)
+        for client in clients.values():
+            await warm([client], r.content, r.control, TARGET_CONCURRENCY)
+        cell = Cell(TARGET_CONCURRENCY, 0.0, messages)
+        rows = {name: Row(client.mode, cell.concurrency, 0.0, messages) for name, client in clients.items()}
+        names = list(clients)
+        for run in range(runs):
+            # Rotate the order, so that a drifting host weighs on every variant.
+            shift = run % len(names)
+            for name in names[shift:] + names[:shift]:
+                work = make_messages(r.content, messages)
+                await timed_run(clients[name], work, cell, r.control, sandbox, rows[name])
+    bare = rows["bare"]
+    lines = [
+        f"concurrency {TARGET_CONCURRENCY}, 0 ms, {runs} runs of {messages:,} messages per variant (median)"
+        + (f"; installed plugins switched off in every variant: {', '.join(others)}" if others else ""),
+        f"{'variant':<16} {'msgs/s':>8} {'vs bare':>8} {'CPU/msg':>9} {'CPU x':>6} {'spread':>7}",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"{name:<16} {row.msgs_per_s:>8,.0f} {row.msgs_per_s / bare.msgs_per_s:>7.2f}x "
+            f"{row.cpu_us:>7,.0f}us {row.cpu_us / bare.cpu_us:>5.2f}x {row.spread:>6.2f}x"
+            + (f"  ({row.failed} failed: {row.first_error})" if row.failed else "")
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- profile
 
 
@@ -738,9 +812,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="print a cProfile of the pipeline at concurrency 50, 0 ms"
     )
+    parser.add_argument(
+        "--ab",
+        metavar="VARIANT",
+        nargs="*",
+        choices=list(AB_VARIANTS),
+        help="same-process A/B at concurrency 50, 0 ms: the pipeline's variants (default: all of "
+        f"{', '.join(AB_VARIANTS)}) and the bare loop, alternated run by run",
+    )
+    parser.add_argument("--messages", type=int, default=2_500, help="messages per --ab run (2,500)")
+    parser.add_argument(
+        "--disable-plugin",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="run the pipeline without this installed plugin (repeatable), as omnichannel --disable-plugin",
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+
+    if args.ab is not None:
+        variants = args.ab or list(AB_VARIANTS)
+        print(run(lambda sandbox: ab(sandbox, variants, args.runs or 6, args.messages), args.templates))
+        return 0
 
     if args.profile:
         print(run(lambda sandbox: profile(sandbox, 2_000 if args.quick else 10_000, 35), args.templates))
@@ -748,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = make_plan(args.quick, args.runs)
     started = time.perf_counter()
-    rows, context = run(lambda sandbox: measure(plan, sandbox), args.templates)
+    rows, context = run(lambda sandbox: measure(plan, sandbox, args.disable_plugin), args.templates)
     seconds = time.perf_counter() - started
     found = checks(rows)
     info = machine()

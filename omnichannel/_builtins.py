@@ -116,9 +116,15 @@ def validate(message: Message, channel: str, service: OmniChannelService) -> lis
 def send() -> Generator[None, Sender | None, Sender | None]:
     """Count each call of the channel's own sender: the receipt's ``attempts``."""
     inner = yield
-    if inner is None:
-        return None
-    channel_sender = inner
+    return None if inner is None else count_attempts(inner)
+
+
+def count_attempts(channel_sender: Sender) -> Sender:
+    """``channel_sender``, counting each call in the send's :data:`ATTEMPTS` counter.
+
+    What the ``send`` wrapper above returns; the service's direct hook calls
+    (``_hookplan.WrappedCall``) apply it as a function, without the wrapper protocol.
+    """
 
     async def counted() -> Receipt:
         counter = ATTEMPTS.get(None)

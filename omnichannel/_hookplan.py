@@ -8,13 +8,30 @@ are rebuilt when ``PluginManager.generation`` changes.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
 import pluggy
 
+from . import _builtins
 from . import plugins as _plugins
+
+_Impl = tuple[Callable[..., Any], Callable[[dict[str, Any]], tuple[Any, ...]]]
+"""An implementation ready to call: its function, and what picks its arguments from the call's."""
+
+
+def _ready(impl: pluggy.HookImpl) -> _Impl:
+    """``impl`` with the picker of its arguments: an ``operator.itemgetter``, so that a call
+    builds no list in Python (a hand-written picker for fewer than two arguments)."""
+    names = tuple(impl.argnames)
+    if len(names) > 1:
+        return impl.function, operator.itemgetter(*names)
+    if names:
+        (name,) = names
+        return impl.function, lambda kwargs: (kwargs[name],)
+    return impl.function, lambda kwargs: ()
 
 
 class DirectCall:
@@ -29,13 +46,13 @@ class DirectCall:
     __slots__ = ("_firstresult", "_impls")
 
     def __init__(self, impls: list[pluggy.HookImpl], firstresult: bool) -> None:
-        self._impls = [(impl.function, impl.argnames) for impl in impls]
+        self._impls = [_ready(impl) for impl in impls]
         self._firstresult = firstresult
 
     def __call__(self, **kwargs: Any) -> Any:
         results = []
-        for function, names in self._impls:
-            result = function(*[kwargs[name] for name in names])
+        for function, pick in self._impls:
+            result = function(*pick(kwargs))
             if result is not None:
                 if self._firstresult:
                     return result
@@ -54,19 +71,27 @@ class WrappedCall:
     into them; what a wrapper returns (or raises) goes to the next one out.
     """
 
-    __slots__ = ("_firstresult", "_impls")
+    __slots__ = ("_firstresult", "_impls", "_innermost")
 
-    def __init__(self, impls: list[pluggy.HookImpl], firstresult: bool) -> None:
-        self._impls = [(impl.function, impl.argnames, impl.wrapper) for impl in impls]
+    def __init__(
+        self,
+        impls: list[pluggy.HookImpl],
+        firstresult: bool,
+        innermost: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self._impls = [(*_ready(impl), impl.wrapper) for impl in impls]
         self._firstresult = firstresult
+        self._innermost = innermost
+        """Applied to a non-None result before the wrappers resume: the innermost wrapper's work,
+        for a wrapper that only wraps the result (the core's attempt counter), without a generator."""
 
     def __call__(self, **kwargs: Any) -> Any:
         results: list[Any] = []
         teardowns: list[Generator[None, Any, Any]] = []
         exception: BaseException | None = None
         try:
-            for function, names, wrapper in self._impls:
-                outcome: Any = function(*[kwargs[name] for name in names])
+            for function, pick, wrapper in self._impls:
+                outcome: Any = function(*pick(kwargs))
                 if wrapper:
                     try:
                         next(outcome)
@@ -80,6 +105,8 @@ class WrappedCall:
         except BaseException as exc:
             exception = exc
         result: Any = (results[0] if results else None) if self._firstresult else results
+        if self._innermost is not None and exception is None and result is not None:
+            result = self._innermost(result)
         for teardown in reversed(teardowns):
             try:
                 if exception is not None:
@@ -134,16 +161,29 @@ def make_plan(
     )
     # Without middleware the channel's sender runs once: no need to count.
     send_remove = remove if counts or builtins is None else remove | {builtins}
+    # Called directly, the core's counter (the innermost wrapper) is applied as a function.
+    counter = (builtins, _builtins.count_attempts) if counts and builtins is not None else None
     return Plan(
         _caller(pm, "validate", remove),
         _caller(pm, "build", remove),
-        _caller(pm, "send", send_remove),
+        _caller(pm, "send", send_remove, innermost=counter),
         _caller(pm, "sender_id", remove),
         counts,
     )
 
 
-def _caller(pm: pluggy.PluginManager, hook: str, remove: frozenset[object]) -> Callable[..., Any]:
+def _caller(
+    pm: pluggy.PluginManager,
+    hook: str,
+    remove: frozenset[object],
+    *,
+    innermost: tuple[object, Callable[[Any], Any]] | None = None,
+) -> Callable[..., Any]:
+    """The caller of ``hook`` without the plugins ``remove``: direct when nothing monitors hooks.
+
+    :param innermost: ``(plugin, function)``: on the direct path, ``plugin``'s wrapper (the
+        innermost one) is left out and ``function`` applied to the result in its place.
+    """
     caller: pluggy.HookCaller = getattr(pm.hook, hook)
     impls = [impl for impl in caller.get_hookimpls() if impl.plugin not in remove]
     monitored = getattr(pm, "monitored", True)
@@ -152,6 +192,10 @@ def _caller(pm: pluggy.PluginManager, hook: str, remove: frozenset[object]) -> C
         if not impls:
             return _no_answer if firstresult else _no_answers
         if any(impl.wrapper for impl in impls):
-            return WrappedCall(impls[::-1], firstresult)
+            adapt = None
+            if innermost is not None:
+                plugin, adapt = innermost
+                impls = [impl for impl in impls if impl.plugin is not plugin]
+            return WrappedCall(impls[::-1], firstresult, adapt)
         return DirectCall(impls[::-1], firstresult)
     return pm.subset_hook_caller(hook, remove) if remove else caller

@@ -118,7 +118,9 @@ def sender_id(message: Message, channel: str, service: OmniChannelService) -> st
     Middleware keeps per-sender state (circuit breakers, rate limits, metrics
     labels) under this name; WhatsApp answers with the business phone number id.
     Only the plugin that owns ``channel`` (and plugins that own no channel) is
-    asked. Middleware reads it through ``service.sender_of(message, channel)``.
+    asked. Middleware and listeners read it through ``service.sender_of(message,
+    channel)``; while a message is being sent, the service asks the hook once per
+    channel tried and gives every caller that answer.
 
     :param message: the message being sent.
     :param channel: a channel the implementing plugin owns.

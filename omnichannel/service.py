@@ -74,17 +74,21 @@ log = logging.getLogger("omnichannel")
 T = TypeVar("T")
 
 _NO_PLUGINS: frozenset[object] = frozenset()
+_EVENT_AND_SERVICE = ("event", "service")
 
 
 class _Progress:
-    """How far one send got: what to report if it is cancelled or a hook breaks."""
+    """How far one send got: what to report if it is cancelled or a hook breaks, and its sender."""
 
-    __slots__ = ("attempts", "channel", "stage")
+    __slots__ = ("attempts", "channel", "message", "sender", "stage")
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, message: Message, channel: str) -> None:
+        self.message = message
         self.channel = channel
         self.stage = "route"
         self.attempts = 0
+        self.sender: str | None = None
+        """``sender_of(message, channel)`` for the channel being tried, once someone asked."""
 
 
 @attrs.define
@@ -147,6 +151,7 @@ class OmniChannelService:
         )
         self._rollouts = self._rollout_shares()
         self._plans: dict[tuple[object, frozenset[object]], Plan] = {}
+        self._sending: dict[int, _Progress] = {}  # id(message) -> its send in progress
         self._listeners: list[pluggy.HookImpl] = []
         self._cached_generation = -1
         self._http: aiohttp.ClientSession | None = None
@@ -338,7 +343,10 @@ class OmniChannelService:
         failures: list[ListenerFailed] = []
         for impl in self._listeners:
             try:
-                result = impl.function(*[event if name == "event" else self for name in impl.argnames])
+                if impl.argnames == _EVENT_AND_SERVICE:  # the usual signature: no argument list to build
+                    result = impl.function(event, self)
+                else:
+                    result = impl.function(*[event if name == "event" else self for name in impl.argnames])
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
@@ -380,8 +388,18 @@ class OmniChannelService:
 
         The owning plugin answers through the ``sender_id`` hook; without an answer it
         is the channel's name. Middleware keys per-sender state (breakers, rate
-        limits, metric labels) by it.
+        limits, metric labels) by it. While ``message`` is being sent on ``channel``,
+        the hook is asked once: every middleware and listener of that send gets the
+        same answer.
         """
+        progress = self._sending.get(id(message))
+        if progress is None or progress.message is not message or progress.channel != channel:
+            return self._ask_sender(message, channel)
+        if progress.sender is None:
+            progress.sender = self._ask_sender(message, channel)
+        return progress.sender
+
+    def _ask_sender(self, message: Message, channel: str) -> str:
         binding = self._channels.get(channel)
         if binding is None:
             return channel
@@ -421,7 +439,11 @@ class OmniChannelService:
             raise self._not_running()
         started_at = self.clock.now()
         route = self._route(message)
-        progress = _Progress(route[0] if route else "")
+        progress = _Progress(message, route[0] if route else "")
+        # Known to sender_of while the send and its events run. The same Message object sent twice
+        # at once shares the later send's entry; the hook is still asked at most once per send.
+        key = id(message)
+        self._sending[key] = progress
         try:
             return await self._send_on_route(message, route, started_at, progress)
         except DeliveryError:
@@ -441,6 +463,9 @@ class OmniChannelService:
             plugin_error = PluginError(culprit, f"its {progress.stage} hook raised {exc!r}")
             await self._report_failure(message, progress.channel, plugin_error, started_at, 0)
             raise plugin_error from exc
+        finally:
+            if self._sending.get(key) is progress:
+                del self._sending[key]
 
     async def _send_on_route(
         self, message: Message, route: tuple[str, ...], started_at: datetime, progress: _Progress
@@ -456,6 +481,7 @@ class OmniChannelService:
         failure: OmniChannelError | None = None
         for channel in route:
             progress.channel = channel
+            progress.sender = None
             binding = self._channels.get(channel)
             if binding is None:
                 failure = failure or UnknownChannelError(channel, available=self._channels)
@@ -636,7 +662,11 @@ class OmniChannelService:
 
         async def worker() -> None:
             for i in indexes:
-                results[i] = await self._send_capturing(batch[i])
+                message = batch[i]
+                try:  # _send_capturing, inlined: one coroutine less around every send
+                    results[i] = await self.send(message)
+                except Exception as exc:
+                    results[i] = await self._failure_receipt(message, exc)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(limit, len(batch))):
@@ -647,14 +677,18 @@ class OmniChannelService:
         try:
             return await self.send(message)
         except Exception as exc:
-            receipt = getattr(exc, "receipt", None)
-            if isinstance(receipt, Receipt):
-                return receipt
-            if not isinstance(exc, OmniChannelError):
-                log.exception("unexpected error sending message %s", message.id)
-            route = self._route(message)
-            error = exc if isinstance(exc, OmniChannelError) else OmniChannelError(repr(exc))
-            return await self._report_failure(message, route[0] if route else "", error, self.clock.now(), 0)
+            return await self._failure_receipt(message, exc)
+
+    async def _failure_receipt(self, message: Message, exc: Exception) -> Receipt:
+        """The receipt of a send that raised ``exc``: the one it reported, else a new failure."""
+        receipt = getattr(exc, "receipt", None)
+        if isinstance(receipt, Receipt):
+            return receipt
+        if not isinstance(exc, OmniChannelError):
+            log.exception("unexpected error sending message %s", message.id)
+        route = self._route(message)
+        error = exc if isinstance(exc, OmniChannelError) else OmniChannelError(repr(exc))
+        return await self._report_failure(message, route[0] if route else "", error, self.clock.now(), 0)
 
 
 async def _await_maybe(value: object) -> None:

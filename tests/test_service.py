@@ -835,6 +835,34 @@ async def test_hook_on_event_async_listeners_are_awaited(recording_channel):
     assert seen == ["ServiceStarted started=True", "MessageSent started=True", "ServiceStopping started=True"]
 
 
+async def test_hook_on_event_listeners_get_the_arguments_they_name_in_any_order(recording_channel):
+    seen: list[tuple[str, ...]] = []
+
+    class ServiceFirst:
+        @hookimpl
+        def on_event(self, service, event):
+            seen.append(("service, event", type(service).__name__, type(event).__name__))
+
+    class EventOnly:
+        @hookimpl
+        def on_event(self, event):
+            seen.append(("event", type(event).__name__))
+
+    class ServiceOnly:
+        @hookimpl
+        def on_event(self, service):
+            seen.append(("service", type(service).__name__))
+
+    async with make_service(ServiceFirst(), EventOnly(), ServiceOnly(), recording_channel) as service:
+        seen.clear()
+        await service.send(text(channel="recording"))
+    assert sorted(seen[:3]) == [
+        ("event", "MessageSent"),
+        ("service", "OmniChannelService"),
+        ("service, event", "OmniChannelService", "MessageSent"),
+    ]
+
+
 async def test_hook_on_event_a_listener_failing_on_listener_failed_does_not_loop(recording_channel):
     class AlwaysFails:
         @hookimpl

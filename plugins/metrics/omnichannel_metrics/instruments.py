@@ -4,21 +4,27 @@ Every name starts with the configured prefix (``omnichannel``) and every label i
 channel, a sender (one per configured account), an error class, a provider code (at most
 ``max_codes`` per channel, then ``other``), a status, a breaker state, a limit, an event class, a
 plugin. Never a recipient, a message id or free text. docs/plugins/metrics.md lists them all.
+
+The values are plain numbers (:mod:`omnichannel_metrics.families`) that one custom collector turns
+into prometheus-client families when the registry is scraped: a send moves its series without a
+lock or a prometheus-client call.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
 from omnichannel import (
     CircuitStateChanged,
     DeliveryFailed,
     Event,
     ListenerFailed,
+    Message,
     MessageSent,
     RetryScheduled,
     SendLimited,
@@ -28,6 +34,7 @@ from omnichannel import (
 )
 
 from .config import MetricsConfig
+from .families import CounterFamily, Family, GaugeFamily, HistogramFamily
 
 if TYPE_CHECKING:
     from omnichannel import OmniChannelService
@@ -53,15 +60,26 @@ class Instruments:
 
     def __init__(self, config: MetricsConfig, service: OmniChannelService) -> None:
         self.config = config
-        self.registry = CollectorRegistry()
         self._service = service
         self._codes: dict[str, set[str]] = {}
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._event_counts: dict[type[Event], Any] = {}
+        # A channel no plugin provides is counted as "unknown" (channels are bound at start-up).
+        self._channels = frozenset(service.channels)
         p = config.prefix
+        families: list[Family] = []
 
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(f"{p}_{name}", doc, labels, registry=self.registry)
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> CounterFamily:
+            families.append(family := CounterFamily(f"{p}_{name}", doc, labels))
+            return family
+
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: Iterable[float]
+        ) -> HistogramFamily:
+            families.append(family := HistogramFamily(f"{p}_{name}", doc, labels, tuple(buckets)))
+            return family
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> GaugeFamily:
+            families.append(family := GaugeFamily(f"{p}_{name}", doc, labels))
+            return family
 
         self.sent = counter("messages_sent_total", "Messages the provider accepted.", ("channel", "sender"))
         self.failed = counter(
@@ -79,12 +97,11 @@ class Instruments:
             "Retries scheduled by middleware, by the error that caused them.",
             ("channel", "error"),
         )
-        self.duration = Histogram(
-            f"{p}_send_duration_seconds",
+        self.duration = histogram(
+            "send_duration_seconds",
             "Time of one logical send, retries and waits included, by outcome (sent, failed).",
             ("channel", "outcome"),
-            buckets=config.latency_buckets,
-            registry=self.registry,
+            config.latency_buckets,
         )
         self.statuses = counter(
             "message_status_total",
@@ -101,23 +118,21 @@ class Instruments:
             "Template messages sent, by template and language.",
             ("channel", "template", "language"),
         )
-        self.breaker_state = Gauge(
-            f"{p}_circuit_breaker_state",
+        self.breaker_state = gauge(
+            "circuit_breaker_state",
             "Circuit breaker per (channel, sender): 0 closed, 1 half-open, 2 open (forced open too).",
             ("channel", "sender"),
-            registry=self.registry,
         )
         self.breaker_transitions = counter(
             "circuit_breaker_transitions_total",
             "Circuit breaker moves, by the states it left and entered.",
             ("channel", "sender", "from_state", "to_state"),
         )
-        self.limit_wait = Histogram(
-            f"{p}_rate_limiter_wait_seconds",
+        self.limit_wait = histogram(
+            "rate_limiter_wait_seconds",
             "Time an attempt waited for a local rate limit.",
             ("channel", "sender"),
-            buckets=WAIT_BUCKETS,
-            registry=self.registry,
+            WAIT_BUCKETS,
         )
         self.deferred = counter(
             "rate_limiter_deferred_total",
@@ -130,13 +145,15 @@ class Instruments:
         self.listener_failures = counter(
             "listener_failures_total", "Event listeners that raised, by plugin.", ("plugin",)
         )
-        build = Gauge(
-            f"{p}_build_info",
-            "Always 1; the labels say which omnichannel and Python run.",
-            ("version", "python"),
-            registry=self.registry,
+        build = gauge(
+            "build_info", "Always 1; the labels say which omnichannel and Python run.", ("version", "python")
         )
-        build.labels(__version__, platform.python_version()).set(1)
+        build.set((__version__, platform.python_version()), 1)
+        self.families: tuple[Family, ...] = tuple(families)
+        """Every metric, in the order of the exposition."""
+        self.registry = CollectorRegistry()
+        """The service's prometheus-client registry (what ``/metrics`` serves)."""
+        self.registry.register(self)
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             MessageSent: self._sent,
             DeliveryFailed: self._failed,
@@ -148,30 +165,29 @@ class Instruments:
             TemplateUsed: self._template,
         }
 
+    # ------------------------------------------------------------ the registry's collector
+
+    def collect(self) -> list[Metric]:
+        """Every family with its series now (prometheus-client's ``Collector`` protocol)."""
+        return [family.collect() for family in self.families]
+
+    def describe(self) -> list[Metric]:
+        """Every family without series: the names the registry reserves for them."""
+        return [family.empty() for family in self.families]
+
     # ------------------------------------------------------------ observations
 
     def observe_send(self, channel: str, outcome: str, seconds: float) -> None:
         """One logical send took ``seconds`` and ended ``sent`` or ``failed``."""
-        self._child(self.duration, channel, outcome).observe(seconds)
+        self.duration.observe((channel, outcome), seconds)
 
     def record(self, event: Event) -> None:
         """Count ``event`` and move the metrics it concerns."""
         kind = type(event)
-        counted = self._event_counts.get(kind)
-        if counted is None:
-            counted = self._event_counts[kind] = self.events.labels(kind.__name__)
-        counted.inc()
+        self.events.inc((kind.__name__,))
         handler = self._handlers.get(kind)
         if handler is not None:
             handler(event)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, kept: prometheus-client's look-up costs a microsecond a call."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def code(self, channel: str, code: object) -> str:
         """The label value of a provider code: itself, ``''`` for none, ``other`` past ``max_codes``."""
@@ -188,49 +204,49 @@ class Instruments:
 
     # ------------------------------------------------------------ per event
 
-    def _labels(self, event: MessageSent | DeliveryFailed) -> tuple[str, str]:
+    def _labels(self, message: Message, channel: str) -> tuple[str, str]:
         """``(channel, sender)``: ``unknown`` and ``''`` for a channel no plugin provides, so that
         a caller's typo does not become a series of its own."""
-        channel = event.receipt.channel
-        if self._service.channel_info(channel) is None:
+        if channel not in self._channels:
             return "unknown", ""
-        return channel, self._service.sender_of(event.message, channel)
+        return channel, self._service.sender_of(message, channel)
 
     def _sent(self, event: MessageSent) -> None:
-        channel, sender = self._labels(event)
-        self._child(self.sent, channel, sender).inc()
-        self._child(self.attempts, channel).inc(event.receipt.attempts)
+        receipt = event.receipt
+        labels = self._labels(event.message, receipt.channel)
+        self.sent.inc(labels)
+        self.attempts.inc(labels[:1], receipt.attempts)
 
     def _failed(self, event: DeliveryFailed) -> None:
         receipt, error = event.receipt, event.receipt.error
-        channel, sender = self._labels(event)
+        channel, sender = self._labels(event.message, receipt.channel)
         kind = error.kind if error is not None else "DeliveryError"
         code = self.code(channel, error.code if error is not None else None)
-        self._child(self.failed, channel, sender, kind, code).inc()
+        self.failed.inc((channel, sender, kind, code))
         if receipt.attempts:
-            self._child(self.attempts, channel).inc(receipt.attempts)
+            self.attempts.inc((channel,), receipt.attempts)
 
     def _status(self, event: StatusChanged) -> None:
-        self._child(self.statuses, event.channel, str(event.status)).inc()
+        self.statuses.inc((event.channel, str(event.status)))
         if event.error is not None:
-            self.status_failures.labels(event.channel, self.code(event.channel, event.error.code)).inc()
+            self.status_failures.inc((event.channel, self.code(event.channel, event.error.code)))
 
     def _retry(self, event: RetryScheduled) -> None:
-        self._child(self.retries, event.channel, event.error.kind).inc()
+        self.retries.inc((event.channel, event.error.kind))
 
     def _breaker(self, event: CircuitStateChanged) -> None:
-        self.breaker_state.labels(event.channel, event.sender).set(BREAKER_STATES.get(event.current, 0))
-        self.breaker_transitions.labels(event.channel, event.sender, event.previous, event.current).inc()
+        self.breaker_state.set((event.channel, event.sender), BREAKER_STATES.get(event.current, 0))
+        self.breaker_transitions.inc((event.channel, event.sender, event.previous, event.current))
 
     def _limited(self, event: SendLimited) -> None:
         if event.deferred:
-            self.deferred.labels(event.channel, event.sender, event.limit, event.scope or "").inc()
+            self.deferred.inc((event.channel, event.sender, event.limit, event.scope or ""))
         else:
-            self.limit_wait.labels(event.channel, event.sender).observe(event.wait_s)
+            self.limit_wait.observe((event.channel, event.sender), event.wait_s)
 
     def _listener_failed(self, event: ListenerFailed) -> None:
-        self.listener_failures.labels(event.plugin_name).inc()
+        self.listener_failures.inc((event.plugin_name,))
 
     def _template(self, event: TemplateUsed) -> None:
         template = event.template
-        self._child(self.templates, event.channel, template.name, template.language).inc()
+        self.templates.inc((event.channel, template.name, template.language))

@@ -165,15 +165,24 @@ class Bulkhead:
                 self._global.active += 1
                 return state
             state.release()
-        if state.idle and self._senders.get(sender) is state:
-            del self._senders[sender]
+        if state.taken == 0 and not state.waiters and self._senders.get(sender) is state:
+            del self._senders[sender]  # idle: memory follows the live senders
         return None
 
     def release(self, sender: str, state: _Slots) -> None:
-        """Give back the slots :meth:`try_acquire` took."""
-        self._release(sender, state)
+        """Give back the slots :meth:`try_acquire` or :meth:`acquire` took."""
+        state.active -= 1
+        self._global.active -= 1
+        self._global.release()
+        state.release()
+        if state.taken == 0 and not state.waiters and self._senders.get(sender) is state:
+            del self._senders[sender]  # idle: memory follows the live senders
 
-    async def _acquire(self, sender: str) -> _Slots:
+    async def acquire(self, sender: str) -> _Slots:
+        """Both slots, waiting up to ``max_wait_s`` as :meth:`slot` does; settle with :meth:`release`.
+
+        :raises RateLimitedError: as :meth:`slot`.
+        """
         state = self._senders.get(sender)
         if state is None:
             state = self._senders[sender] = _Slots(self.sender_max_in_flight)
@@ -203,17 +212,11 @@ class Bulkhead:
         self._global.active += 1
         return state
 
-    def _release(self, sender: str, state: _Slots) -> None:
-        state.active -= 1
-        self._global.active -= 1
-        self._global.release()
-        self._give_back(sender, state, True)
-
     def _give_back(self, sender: str, state: _Slots, holds_sender: bool) -> None:
         if holds_sender:
             state.release()
-        if state.idle and self._senders.get(sender) is state:
-            del self._senders[sender]
+        if state.taken == 0 and not state.waiters and self._senders.get(sender) is state:
+            del self._senders[sender]  # idle: memory follows the live senders
 
     def _refusal(self, sender: str, state: _Slots, *, global_cap: bool) -> RateLimitedError:
         self.rejected += 1
@@ -245,7 +248,7 @@ class _Slot(contextlib.AbstractAsyncContextManager[None]):
         self._state: _Slots | None = None
 
     async def __aenter__(self) -> None:
-        self._state = await self._bulkhead._acquire(self._sender)
+        self._state = await self._bulkhead.acquire(self._sender)
 
     async def __aexit__(
         self,
@@ -255,4 +258,4 @@ class _Slot(contextlib.AbstractAsyncContextManager[None]):
     ) -> None:
         state, self._state = self._state, None
         if state is not None:
-            self._bulkhead._release(self._sender, state)
+            self._bulkhead.release(self._sender, state)

@@ -43,10 +43,10 @@ from omnichannel import (
 )
 
 from .breaker import Outcome, State, classify
-from .bulkhead import Bulkhead
+from .bulkhead import Bulkhead, _Slots
 from .config import Resolved
 from .limiter import Limiter
-from .retry import RetryBudget, call_with_retries
+from .retry import RetryBudget, RetryConfig, retry_after, worth_retrying
 from .state import BreakerStore, LimiterStore, MemoryBreakerStore, MemoryLimiterStore
 from .timeouts import Watchdog
 
@@ -237,115 +237,7 @@ class Resilience:
 
     def wrap(self, inner: Sender, message: Message, channel: str) -> Sender:
         """The resilient sender around ``inner`` for one message."""
-        sender = self._service.sender_of(message, channel)
-        delivery = _Delivery(inner, message, channel, sender)
-
-        async def attempt() -> Receipt:
-            return await self._attempt(delivery)
-
-        retry = self.settings.retry
-        if retry is None:
-            return attempt
-
-        async def on_retry(number: int, delay_s: float, exc: BaseException) -> None:
-            await self._service.emit(
-                RetryScheduled(
-                    message.id,
-                    channel,
-                    number,
-                    delay_s,
-                    ErrorInfo.from_exception(exc),
-                    occurred_at=self._clock.now(),
-                )
-            )
-
-        async def with_retries() -> Receipt:
-            if retry.deadline_s is not None:
-                delivery.deadline = self._clock.monotonic() + retry.deadline_s
-            return await call_with_retries(
-                attempt,
-                config=retry,
-                clock=self._clock,
-                rng=self.rng,
-                budget=self.budget(sender),
-                on_retry=on_retry,
-                retry_unknown=self.settings.retry_unknown,
-                stop=lambda exc: delivery.final or _throttled_beyond_sender(exc),
-                deadline=delivery.deadline,
-            )
-
-        return with_retries
-
-    async def _attempt(self, delivery: _Delivery) -> Receipt:
-        """One attempt through the breaker (when there is one) and the inner layers."""
-        breakers = self.breakers
-        if breakers is None:
-            return await self._limited(delivery)
-        name = delivery.breaker
-        if name not in self._initialised:
-            await self._initialise(breakers, name)
-        try:
-            token = await breakers.acquire(name)
-        finally:
-            if self._transitions:
-                await self._emit_transitions()
-        opens = self._opens.get(name, 0)
-        outcome = Outcome.IGNORED
-        try:
-            receipt = await self._limited(delivery)
-            outcome = Outcome.SUCCESS
-            return receipt
-        except BaseException as exc:
-            if not delivery.refused:  # our own refusals say nothing about the endpoint
-                outcome = classify(exc)
-            raise
-        finally:
-            await breakers.record(name, token, outcome)
-            if self._opens.get(name, 0) != opens:
-                delivery.final = True  # the breaker opened meanwhile: a retry would be refused
-            if self._transitions:
-                await self._emit_transitions()
-
-    async def _limited(self, delivery: _Delivery) -> Receipt:
-        """The rate limits, the bulkhead slot, then the timed attempt."""
-        limiter, bulkhead = self.limiter, self.bulkhead
-        sender, recipient = delivery.sender, delivery.message.recipient
-        delivery.refused = False
-        limit = "rate"
-        try:
-            if limiter is not None:
-                waited = await limiter.acquire(sender, recipient)
-                if waited:
-                    await self._limited_event(delivery, limit, waited)
-            limit = "in_flight"
-            slot = held = None
-            if bulkhead is not None:
-                # Free slots are taken without an await (the common case); else wait in slot().
-                held = bulkhead.try_acquire(sender)
-                if held is None:
-                    slot = bulkhead.slot(sender)
-                    await slot.__aenter__()
-        except RateLimitedError as exc:
-            delivery.refused = delivery.final = True  # not sent: the queue defers it
-            await self._limited_event(delivery, limit, 0.0, exc)
-            raise
-        try:
-            receipt = await self._timed(delivery)
-        except RateLimitedError as exc:
-            if limiter is not None:
-                pause = await limiter.on_throttled(sender, recipient, exc.scope, exc.retry_after)
-                # Tell the caller how long this key is paused, when the provider did not.
-                if pause > (exc.retry_after or 0.0):
-                    exc.retry_after = pause
-            raise
-        finally:
-            if held is not None:
-                bulkhead.release(sender, held)  # type: ignore[union-attr]  # held implies a bulkhead
-            elif slot is not None:
-                await slot.__aexit__(None, None, None)
-        if limiter is not None:
-            await limiter.on_success(sender, recipient)
-        return receipt
+        return _Send(self, inner, message, channel, self._service.sender_of(message, channel)).send
 
     async def _initialise(self, breakers: BreakerStore, name: str) -> None:
         if self.settings.breaker_initial_state == "metrics_only":
@@ -356,64 +248,34 @@ class Resilience:
                 log.warning("circuit breaker %s: cannot set metrics_only: %s", name, exc)
         self._initialised.add(name)
 
-    async def _limited_event(
-        self, delivery: _Delivery, limit: str, waited: float, refusal: RateLimitedError | None = None
-    ) -> None:
-        await self._service.emit(
-            SendLimited(
-                delivery.message.id,
-                delivery.channel,
-                delivery.sender,
-                limit,
-                waited,
-                refusal is not None,
-                refusal.scope.value if refusal is not None and refusal.scope is not None else None,
-                occurred_at=self._clock.now(),
-            )
-        )
 
-    async def _timed(self, delivery: _Delivery) -> Receipt:
-        timeout = self.settings.attempt_timeout_s
-        if delivery.deadline is not None:
-            # The attempt never outlives the message's deadline (§1.8).
-            left = delivery.deadline - self._clock.monotonic()
-            if left <= 0:  # the local limits' waits used the rest up: nothing was sent
-                delivery.refused = True
-                raise TransientDeliveryError(
-                    "the message's in-process deadline (retry.deadline_s) passed before the attempt",
-                    channel=delivery.channel,
-                    message_id=delivery.message.id,
-                    certainty=Certainty.NOT_SENT,
-                )
-            timeout = left if timeout is None else min(timeout, left)
-        if timeout is None:
-            return await delivery.inner()
-        watch = self._watchdog.watch(timeout)
-        try:
-            receipt = await delivery.inner()
-        except asyncio.CancelledError:
-            if not watch.expired():
-                raise  # cancelled by someone else: let it through
-            raise TransientDeliveryError(
-                f"the attempt took longer than {timeout:g} s (attempt_timeout_s or what was left of "
-                "the message's deadline_s); it may have been processed",
-                channel=delivery.channel,
-                message_id=delivery.message.id,
-                certainty=Certainty.UNKNOWN,
-            ) from None
-        finally:
-            self._watchdog.forget(watch)
-        if watch.fired:  # the attempt swallowed the cancellation and finished anyway
-            watch.task.uncancel()
-        return receipt
+class _Send:
+    """One message through the layers; :meth:`send` is the sender the plugin's wrapper returns.
 
+    Every attempt, the first and each retry, runs in one frame (:meth:`send`): the breaker, the
+    rate limits and the bulkhead admit it, the attempt timeout watches it, and what it tells is
+    settled with each of them, in the order of the module docstring. The retry loop (python-backoff)
+    starts only when a first attempt failed in a way worth retrying; then it calls :meth:`send`
+    again for each retry. So the common send, admitted at once and successful at its first attempt,
+    costs one coroutine, and the stores' calls that cannot wait (memory) return at once.
+    """
 
-class _Delivery:
-    """What the attempts of one message share."""
+    __slots__ = (
+        "breaker",
+        "channel",
+        "deadline",
+        "final",
+        "inner",
+        "layer",
+        "message",
+        "opens",
+        "refused",
+        "retrying",
+        "sender",
+    )
 
-    __slots__ = ("breaker", "channel", "deadline", "final", "inner", "message", "refused", "sender")
-
-    def __init__(self, inner: Sender, message: Message, channel: str, sender: str) -> None:
+    def __init__(self, layer: Resilience, inner: Sender, message: Message, channel: str, sender: str) -> None:
+        self.layer = layer
         self.inner = inner
         self.message = message
         self.channel = channel
@@ -421,11 +283,212 @@ class _Delivery:
         self.breaker = f"{channel}:{sender}"
         self.deadline: float | None = None
         """``clock.monotonic()`` by which the in-process attempts must be over."""
+        self.retrying = False
+        """Whether the retry loop runs: later calls of :meth:`send` are its attempts."""
+        self.opens = 0
+        """How often this process had seen the breaker open when the current attempt was admitted."""
         self.refused = False
-        """Whether the current attempt was refused here (rate limit, bulkhead), before sending."""
+        """Whether the current attempt was refused here (rate limit, bulkhead, deadline), before sending."""
         self.final = False
         """Set when a retry in this process cannot help: an attempt opened the breaker, or a local
         limit refused it (waiting is the queue's job, not a worker's)."""
+
+    async def send(self) -> Receipt:
+        """One attempt through breaker, rate limits, bulkhead and timeout; the first starts the retries."""
+        layer = self.layer
+        retry = layer.settings.retry
+        first = not self.retrying
+        budget = None
+        if first and retry is not None:
+            now = layer._clock.monotonic()
+            if retry.deadline_s is not None:
+                self.deadline = now + retry.deadline_s
+            budget = layer.budget(self.sender)
+            if budget is not None:
+                budget.record_attempt(now)
+        breakers, name = layer.breakers, self.breaker
+        token: object = _NOT_ADMITTED
+        try:
+            # The circuit breaker: CircuitOpenError when it refuses.
+            if breakers is not None:
+                if name not in layer._initialised:
+                    await layer._initialise(breakers, name)
+                try:
+                    token = await breakers.acquire(name)
+                finally:
+                    if layer._transitions:
+                        await layer._emit_transitions()
+                self.opens = layer._opens.get(name, 0)
+            # The rate limits, then a bulkhead slot (taken without an await when one is free).
+            limiter, bulkhead = layer.limiter, layer.bulkhead
+            self.refused = False
+            if limiter is not None:
+                await self._rate_limit(limiter)
+            held = None
+            if bulkhead is not None:
+                held = bulkhead.try_acquire(self.sender) or await self._wait_for_slot(bulkhead)
+            # The attempt, under its timeout.
+            try:
+                timeout = self._timeout()
+                if timeout is None:
+                    receipt = await self.inner()
+                else:
+                    watchdog = layer._watchdog
+                    watch = watchdog.watch(timeout)
+                    try:
+                        receipt = await self.inner()
+                    except asyncio.CancelledError:
+                        if not watch.expired():
+                            raise  # cancelled by someone else: let it through
+                        raise self._timed_out(timeout) from None
+                    finally:
+                        watchdog.forget(watch)
+                    if watch.fired:  # the attempt swallowed the cancellation and finished anyway
+                        watch.task.uncancel()
+            except RateLimitedError as exc:
+                if limiter is not None:
+                    await self._throttled(limiter, exc)
+                raise
+            finally:
+                if held is not None:
+                    bulkhead.release(self.sender, held)  # type: ignore[union-attr]  # held implies a bulkhead
+            if limiter is not None:
+                await limiter.on_success(self.sender, self.message.recipient)
+        except BaseException as exc:
+            if token is not _NOT_ADMITTED:
+                # Our own refusals say nothing about the endpoint.
+                outcome = Outcome.IGNORED if self.refused else classify(exc)
+                await self._settle(breakers, token, outcome)  # type: ignore[arg-type]  # admitted by breakers
+            if not first or retry is None or not isinstance(exc, Exception):
+                raise
+            if not worth_retrying(exc, retry, retry_unknown=layer.settings.retry_unknown):
+                raise
+            failure = exc
+        else:
+            if token is not _NOT_ADMITTED:
+                await breakers.record(self.breaker, token, Outcome.SUCCESS)  # type: ignore[union-attr]
+                if layer._transitions:  # a success may close a half-open breaker
+                    await layer._emit_transitions()
+            return receipt
+        return await self._retry(retry, budget, failure)
+
+    async def _rate_limit(self, limiter: LimiterStore) -> None:
+        """Wait for the sender's and the pair's rate limits; a refusal raises ``RateLimitedError``."""
+        try:
+            waited = await limiter.acquire(self.sender, self.message.recipient)
+        except RateLimitedError as exc:
+            await self._refused("rate", exc)
+            raise
+        if waited:
+            await self._limited_event("rate", waited)
+
+    async def _wait_for_slot(self, bulkhead: Bulkhead) -> _Slots:
+        """Wait for the bulkhead's slots (up to its ``max_wait_s``); a refusal raises ``RateLimitedError``."""
+        try:
+            return await bulkhead.acquire(self.sender)
+        except RateLimitedError as exc:
+            await self._refused("in_flight", exc)
+            raise
+
+    async def _refused(self, limit: str, exc: RateLimitedError) -> None:
+        self.refused = self.final = True  # not sent: the queue defers it
+        await self._limited_event(limit, 0.0, exc)
+
+    def _timeout(self) -> float | None:
+        """The attempt's timeout: ``attempt_timeout_s``, or less when the message's deadline is nearer."""
+        timeout = self.layer.settings.attempt_timeout_s
+        if self.deadline is None:
+            return timeout
+        # The attempt never outlives the message's deadline (§1.8).
+        left = self.deadline - self.layer._clock.monotonic()
+        if left <= 0:  # the local limits' waits used the rest up: nothing was sent
+            self.refused = True
+            raise TransientDeliveryError(
+                "the message's in-process deadline (retry.deadline_s) passed before the attempt",
+                channel=self.channel,
+                message_id=self.message.id,
+                certainty=Certainty.NOT_SENT,
+            )
+        return left if timeout is None else min(timeout, left)
+
+    def _timed_out(self, timeout: float) -> TransientDeliveryError:
+        return TransientDeliveryError(
+            f"the attempt took longer than {timeout:g} s (attempt_timeout_s or what was left of "
+            "the message's deadline_s); it may have been processed",
+            channel=self.channel,
+            message_id=self.message.id,
+            certainty=Certainty.UNKNOWN,
+        )
+
+    async def _throttled(self, limiter: LimiterStore, exc: RateLimitedError) -> None:
+        """The provider throttled the attempt: slow down the key it is about."""
+        pause = await limiter.on_throttled(self.sender, self.message.recipient, exc.scope, exc.retry_after)
+        # Tell the caller how long this key is paused, when the provider did not.
+        if pause > (exc.retry_after or 0.0):
+            exc.retry_after = pause
+
+    async def _settle(self, breakers: BreakerStore, token: object, outcome: Outcome) -> None:
+        """Tell the breaker what a failed attempt said; report its moves."""
+        layer = self.layer
+        await breakers.record(self.breaker, token, outcome)
+        if layer._opens.get(self.breaker, 0) != self.opens:
+            self.final = True  # the breaker opened meanwhile: a retry would be refused
+        if layer._transitions:
+            await layer._emit_transitions()
+
+    async def _retry(self, retry: RetryConfig, budget: RetryBudget | None, failure: Exception) -> Receipt:
+        """The first attempt failed with ``failure``: python-backoff retries, calling :meth:`send`."""
+        self.retrying = True
+        layer, message = self.layer, self.message
+
+        async def on_retry(number: int, delay_s: float, exc: BaseException) -> None:
+            await layer._service.emit(
+                RetryScheduled(
+                    message.id,
+                    self.channel,
+                    number,
+                    delay_s,
+                    ErrorInfo.from_exception(exc),
+                    occurred_at=layer._clock.now(),
+                )
+            )
+
+        try:
+            return await retry_after(
+                failure,
+                self.send,
+                config=retry,
+                clock=layer._clock,
+                rng=layer.rng,
+                budget=budget,
+                on_retry=on_retry,
+                retry_unknown=layer.settings.retry_unknown,
+                stop=lambda exc: self.final or _throttled_beyond_sender(exc),
+                deadline=self.deadline,
+            )
+        finally:
+            self.retrying = False  # an outer layer calling this sender again starts a new send
+
+    async def _limited_event(
+        self, limit: str, waited: float, refusal: RateLimitedError | None = None
+    ) -> None:
+        layer = self.layer
+        await layer._service.emit(
+            SendLimited(
+                self.message.id,
+                self.channel,
+                self.sender,
+                limit,
+                waited,
+                refusal is not None,
+                refusal.scope.value if refusal is not None and refusal.scope is not None else None,
+                occurred_at=layer._clock.now(),
+            )
+        )
+
+
+_NOT_ADMITTED = object()
+"""The breaker's token of an attempt that it did not admit (or that has no breaker)."""
 
 
 def _throttled_beyond_sender(exc: BaseException) -> bool:

@@ -14,7 +14,8 @@ budget) and §1.8 (deadlines):
 - :func:`call_with_retries`: gives up (re-raising the last error unchanged) when the error is not
   retryable, attempts are exhausted, the budget is exhausted, the next wait exceeds
   ``max_retry_after_in_process_s`` or would leave less than ``min_attempt_time_s`` before the
-  deadline. The caller then defers the message through the queue.
+  deadline. The caller then defers the message through the queue. :func:`retry_after` is the same
+  loop for a caller that made the first attempt itself (the middleware, on its fast path).
 
 All times come from the injected :class:`~omnichannel.Clock` and all randomness from the injected
 :class:`random.Random`, so tests are exact on virtual time.
@@ -49,7 +50,9 @@ __all__ = [
     "RetryConfig",
     "call_with_retries",
     "jittered_delays",
+    "retry_after",
     "retryable",
+    "worth_retrying",
 ]
 
 logger = logging.getLogger(__name__)
@@ -222,9 +225,9 @@ class RetryBudget:
         self._retries = [0] * self.BUCKETS
         self._lock = threading.Lock()
 
-    def _bucket(self) -> tuple[int, int]:
+    def _bucket(self, now: float | None = None) -> tuple[int, int]:
         """The current period and its bucket, emptied if it held an older period."""
-        period = int(self._clock.monotonic() // self._width)
+        period = int((self._clock.monotonic() if now is None else now) // self._width)
         index = period % self.BUCKETS
         if self._period[index] != period:
             self._period[index] = period
@@ -250,10 +253,13 @@ class RetryBudget:
             attempts, retries = self._totals()
             return retries < self._allowed(attempts)
 
-    def record_attempt(self) -> None:
-        """A first attempt of a message reached the network."""
+    def record_attempt(self, now: float | None = None) -> None:
+        """A first attempt of a message reached the network.
+
+        :param now: ``clock.monotonic()``, when the caller just read it.
+        """
         with self._lock:
-            self._attempts[self._bucket()[1]] += 1
+            self._attempts[self._bucket(now)[1]] += 1
 
     def record_retry(self) -> None:
         """A later attempt (in-process retry or queue redelivery) was granted."""
@@ -299,6 +305,57 @@ async def call_with_retries(
     ``deadline`` (``clock.monotonic()`` time) is the caller's, when it already computed
     ``now + config.deadline_s``.
     """
+    if deadline is None and config.deadline_s is not None:
+        deadline = clock.monotonic() + config.deadline_s
+    if budget is not None:
+        budget.record_attempt()
+    # The first attempt runs on its own: most sends succeed, and they should not pay for building
+    # backoff's machinery. A failure worth retrying is handed to backoff as its first try (replayed).
+    try:
+        return await sender()
+    except Exception as exc:
+        if not worth_retrying(exc, config, retry_unknown=retry_unknown):
+            raise
+        first = exc
+    return await retry_after(
+        first,
+        sender,
+        config=config,
+        clock=clock,
+        rng=rng,
+        budget=budget,
+        on_retry=on_retry,
+        retry_unknown=retry_unknown,
+        stop=stop,
+        deadline=deadline,
+    )
+
+
+def worth_retrying(exc: Exception, config: RetryConfig, *, retry_unknown: bool = False) -> bool:
+    """Whether the failure of a first attempt goes on to :func:`retry_after` (else it is re-raised)."""
+    return config.max_attempts > 1 and retryable(exc, retry_unknown=retry_unknown)
+
+
+async def retry_after(
+    first: Exception,
+    sender: Callable[[], Awaitable[T]],
+    *,
+    config: RetryConfig,
+    clock: Clock,
+    rng: random.Random,
+    budget: RetryBudget | None = None,
+    on_retry: OnRetry | None = None,
+    retry_unknown: bool = False,
+    stop: Callable[[BaseException], bool] | None = None,
+    deadline: float | None = None,
+) -> T:
+    """The retries of :func:`call_with_retries` after its first attempt failed with ``first``.
+
+    For a caller that made the first attempt itself (and recorded it in ``budget``): the loop
+    goes on exactly as :func:`call_with_retries` would, ``first`` counting as attempt 1, and
+    ``sender()`` makes each later attempt. ``deadline`` is ``clock.monotonic()`` time, ``None``
+    for none.
+    """
     # Why backoff does not sleep itself: python-backoff 3.0 sleeps with ``asyncio.sleep`` and has no
     # sleep or clock injection (§1.5, §4.2 item 23), and its ``giveup`` runs *before* the wait
     # generator is asked for the next delay, so giveup could not see that delay. We therefore drive
@@ -309,18 +366,7 @@ async def call_with_retries(
     # attempt counting (``max_tries``), handler order, re-raising the give-up exception unchanged, and
     # letting ``CancelledError`` (not an ``Exception``) through. ``max_time`` is not used: it reads
     # ``time.monotonic``, not our clock.
-    if deadline is None and config.deadline_s is not None:
-        deadline = clock.monotonic() + config.deadline_s
-    if budget is not None:
-        budget.record_attempt()
-    # The first attempt runs on its own: most sends succeed, and they should not pay for building
-    # backoff's machinery. A failure worth retrying is handed to backoff as its first try (replayed).
-    try:
-        return await sender()
-    except Exception as exc:
-        if config.max_attempts <= 1 or not retryable(exc, retry_unknown=retry_unknown):
-            raise
-        first: Exception | None = exc
+    replay: Exception | None = first
     max_wait = config.max_in_process_wait_s
     delays = jittered_delays(config, rng)
     next(delays)  # prime
@@ -370,9 +416,9 @@ async def call_with_retries(
         logger=None,
     )
     async def attempt() -> T:
-        nonlocal first
-        if first is not None:
-            replayed, first = first, None
+        nonlocal replay
+        if replay is not None:
+            replayed, replay = replay, None
             raise replayed  # the first try, already made
         return await sender()
 

@@ -11,7 +11,7 @@ anything, so on the happy path they cost one coroutine call each.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol
 
 from omnichannel import Clock, ErrorScope
 
@@ -102,7 +102,8 @@ class MemoryBreakerStore:
         return (breaker or self.breaker(name)).acquire()
 
     async def record(self, name: str, token: object, outcome: Outcome) -> None:
-        cast(Permit, token).record(outcome)
+        permit: Permit = token  # type: ignore[assignment]  # what acquire() returned
+        permit.record(outcome)
 
     async def snapshot(self, name: str) -> BreakerSnapshot:
         return self.breaker(name).snapshot()

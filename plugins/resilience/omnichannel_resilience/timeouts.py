@@ -46,6 +46,9 @@ class Watchdog:
         self.resolution_s = resolution_s
         self._watches: dict[Watch, None] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the last watch: finding the current task through it needs no
+        ``get_running_loop()``, which costs a ``getpid`` system call on CPython 3.11."""
 
     def __len__(self) -> int:
         """Attempts under watch."""
@@ -53,9 +56,13 @@ class Watchdog:
 
     def watch(self, timeout_s: float) -> Watch:
         """Watch the current task for ``timeout_s`` seconds; pass the result to :meth:`forget`."""
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("Watchdog.watch() must be called from a task")
+        known = self._loop
+        task = None if known is None else asyncio.current_task(known)
+        if task is None:  # the first watch, or the last one's loop is not running here
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("Watchdog.watch() must be called from a task")
+            self._loop = task.get_loop()
         loop = task.get_loop()
         watch = Watch(task, loop.time() + timeout_s)
         self._watches[watch] = None

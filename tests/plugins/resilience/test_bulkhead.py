@@ -369,6 +369,25 @@ async def test_try_acquire_takes_free_slots_without_waiting_and_never_jumps_the_
     assert len(bulkhead) == 0  # idle senders are forgotten
 
 
+async def test_acquire_waits_like_slot_and_release_settles_it():
+    bulkhead = Bulkhead(sender_max_in_flight=1, global_max_in_flight=2, max_wait_s=1.0)
+    first = await bulkhead.acquire("a")
+    start = now()
+    second = asyncio.create_task(bulkhead.acquire("a"))
+    await asyncio.sleep(0.25)
+    assert not second.done()
+    assert bulkhead.waiting("a") == 1
+    bulkhead.release("a", first)
+    held = await second
+    assert now() - start == pytest.approx(0.25)
+    assert (bulkhead.in_flight("a"), bulkhead.in_flight_total) == (1, 1)
+    with pytest.raises(RateLimitedError) as refused:  # nobody releases: refused after max_wait_s
+        await bulkhead.acquire("a")
+    assert refused.value.certainty is Certainty.NOT_SENT
+    bulkhead.release("a", held)
+    assert (bulkhead.in_flight_total, len(bulkhead)) == (0, 0)
+
+
 async def _hold(bulkhead: Bulkhead, sender: str) -> None:
     async with bulkhead.slot(sender):
         await asyncio.sleep(0)

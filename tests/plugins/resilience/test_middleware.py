@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -381,6 +382,74 @@ async def test_with_the_plugin_disabled_nothing_wraps_the_send():
         with pytest.raises(TransientDeliveryError):
             await service.send(hello())
     assert channel.attempts == 1
+
+
+class StackProbe:
+    """A wrapper just inside the layer: which of the layer's frames are on the stack at each attempt."""
+
+    def __init__(self) -> None:
+        self.attempts: list[list[str]] = []
+
+    @hookimpl(wrapper=True, trylast=True)
+    def send(self) -> Generator[None, Sender | None, Sender | None]:
+        inner = yield
+        if inner is None:
+            return None
+        channel_sender = inner
+
+        async def probed() -> Receipt:
+            frame, names = sys._getframe(1), []
+            while frame is not None:
+                if "omnichannel_resilience" in frame.f_code.co_filename:
+                    names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            self.attempts.append(names)
+            return await channel_sender()
+
+        return probed
+
+
+async def test_an_attempt_admitted_at_once_runs_in_one_frame_of_the_layer():
+    # The happy path's cost (docs/performance.md): breaker, rate limits, bulkhead, retry budget and
+    # attempt timeout all on, and one coroutine of the layer around the attempt.
+    channel, probe = RecordingChannel(), StackProbe()
+    channel.fail_next(1, transient())
+    settings = {"retry": {"jitter": "none"}, "rate_limit": {"pair_burst": 10}}
+    async with service_with(channel, settings, probe) as service:
+        await service.send(hello())  # first attempt fails, the retry succeeds
+        await service.send(hello())
+    failed, retried, at_once = probe.attempts
+    assert failed == at_once == ["send"]
+    assert retried[0] == "send"
+    assert len(retried) > 1  # a retry runs inside python-backoff's loop
+
+
+class CallsTwice:
+    """An outer wrapper that sends twice through the layer (as an outer retry or a mirror would)."""
+
+    @hookimpl(wrapper=True, tryfirst=True)
+    def send(self) -> Generator[None, Sender | None, Sender | None]:
+        inner = yield
+        if inner is None:
+            return None
+        logical = inner
+
+        async def twice() -> Receipt:
+            await logical()
+            return await logical()
+
+        return twice
+
+
+async def test_each_call_of_the_resilient_sender_is_a_send_with_its_own_retries():
+    channel, clock, events = RecordingChannel(), FakeClock(), EventRecorder()
+    channel.script(transient(), None, transient(), None)
+    async with service_with(channel, LEGACY, CallsTwice(), events, clock=clock) as service:
+        receipt = await service.send(hello())
+    assert receipt.ok
+    assert channel.attempts == 4
+    assert clock.sleeps == [1.0, 1.0]  # each call's first retry waits the first delay
+    assert [r.attempt for r in events.of_type(RetryScheduled)] == [1, 1]
 
 
 # ---------------------------------------------------------------- watching the breakers

@@ -67,6 +67,25 @@ async def test_many_attempts_share_one_timer_and_each_gets_its_own_deadline():
     assert await quick == "ok"
 
 
+async def test_each_attempt_is_watched_in_its_own_task():
+    watchdog = Watchdog(resolution_s=0.001)
+
+    async def watched() -> asyncio.Task[object] | None:
+        watch = watchdog.watch(10.0)
+        watchdog.forget(watch)
+        return watch.task
+
+    tasks = [asyncio.create_task(watched()) for _ in range(3)]
+    assert await asyncio.gather(*tasks) == tasks
+
+
+def test_a_watchdog_serves_one_loop_after_another():
+    # The watchdog remembers the loop of its last watch; a later loop is found anew.
+    watchdog = Watchdog(resolution_s=0.001)
+    assert asyncio.run(run(watchdog, 0.002)) == "timed out"
+    assert asyncio.run(run(watchdog, 0.002)) == "timed out"
+
+
 def test_the_resolution_must_be_positive():
     with pytest.raises(ValueError, match="resolution_s must be > 0, got 0"):
         Watchdog(resolution_s=0)
