@@ -23,6 +23,8 @@ from .hookspecs import hookimpl
 from .message import DeliveryStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from .idempotency import KeyStore
     from .service import OmniChannelService
 
@@ -87,15 +89,16 @@ def _describe(event: StatusChanged) -> str:
 
 
 @hookimpl
-async def on_event(event: Event, service: OmniChannelService) -> None:
+def on_event(event: Event, service: OmniChannelService) -> Awaitable[None] | None:
+    # A plain function: the events of every send cost no coroutine; a webhook's is awaited.
     if not isinstance(event, StatusChanged) or event.message_id is None:
-        return
+        return None
     if event.status not in _ACCEPTED and event.status is not DeliveryStatus.FAILED:
-        return
+        return None
     settler: KeySettler | None = service.state.get(STATE)
     if settler is None:
         settler = service.state[STATE] = KeySettler(service)
-    await settler.settle(event)
+    return settler.settle(event)
 
 
 @hookimpl
