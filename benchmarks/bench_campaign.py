@@ -378,9 +378,13 @@ class Check:
 # ---------------------------------------------------------------- runs
 
 
+LATENCY_MS = 0.0
+"""The sandbox's answer delay for every run (``--latency-ms``): 0 compares CPU per message."""
+
+
 async def reset(url: str) -> None:
     async with aiohttp.ClientSession() as http:
-        await Control(http, url).prepare(0.0)
+        await Control(http, url).prepare(LATENCY_MS)
 
 
 async def sandbox_counters(url: str) -> Counter[str]:
@@ -392,13 +396,13 @@ async def bare_run(sandbox: SandboxProcess, csv_path: str, size: int, concurrenc
     limit = make_service(sandbox.url).config.http.max_connections
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as http:
         client = BareClient(http, sandbox.url)
-        await Control(http, sandbox.url).prepare(0.0)
+        await Control(http, sandbox.url).prepare(LATENCY_MS)
         warm = await client.run(client.prepare([message_of(r) for r in warm_rows()]), concurrency)
         if warm.failed:
             raise RuntimeError(f"bare warm-up failed: {warm.first_error}")
         with read_rows(csv_path) as rows:
             bodies = [build_payload(message_of(row)).body for row in rows]
-        await Control(http, sandbox.url).prepare(0.0)
+        await Control(http, sandbox.url).prepare(LATENCY_MS)
         gc.collect()
         server0, cpu0, wall0 = sandbox.cpu_seconds(), time.process_time(), time.perf_counter()
         outcome = await client.run(bodies, concurrency)
@@ -421,6 +425,7 @@ def inprocess_run(
     server0 = sandbox.cpu_seconds()
     done = subprocess.run(
         child_command("inprocess", sandbox.url, csv_path, keys_path, str(concurrency)),
+        cwd=folder,  # the message store's default file goes there
         capture_output=True,
         text=True,
         check=False,
@@ -464,6 +469,7 @@ def workers(
         for _ in range(count):
             process = subprocess.Popen(
                 child_command("worker", url, keys_path, queue, str(concurrency)),
+                cwd=os.path.dirname(keys_path),  # the message store's default file goes there
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -603,7 +609,7 @@ def checks(results: list[Result]) -> list[Check]:
         ratio = inproc.msgs_per_s / bare.msgs_per_s
         found.append(
             Check(
-                f"in-process campaign of {size:,} vs the bare aiohttp loop",
+                f"in-process campaign of {size:,} vs the bare aiohttp loop, {LATENCY_MS:g} ms latency",
                 f"{ratio:.2f}x ({inproc.msgs_per_s:,.0f} vs {bare.msgs_per_s:,.0f} msgs/s)",
                 f"{TARGET_RATIO:.2f}x",
                 ratio >= TARGET_RATIO,
@@ -789,7 +795,15 @@ def main(argv: list[str] | None = None) -> int:
         "--keys-size", type=int, default=KEYS_SIZE, help=f"keys of each --keys run (default {KEYS_SIZE:,})"
     )
     parser.add_argument("--redis-url", default=REDIS_URL, help=f"the Redis of --keys (default {REDIS_URL})")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the sandbox delays every answer this long (default 0: CPU-bound; 50: closer to Graph)",
+    )
     args = parser.parse_args(argv)
+    global LATENCY_MS
+    LATENCY_MS = args.latency_ms
     if args.keys:
         started = time.perf_counter()
         results = measure_keys(args)
