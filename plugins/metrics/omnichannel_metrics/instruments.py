@@ -26,7 +26,10 @@ from omnichannel import (
     ListenerFailed,
     Message,
     MessageSent,
+    PossibleDuplicateSend,
     RetryScheduled,
+    SenderParked,
+    SenderResumed,
     SendLimited,
     StatusChanged,
     TemplateUsed,
@@ -139,6 +142,16 @@ class Instruments:
             "Attempts refused by a local limit (rate, in_flight), to be sent later, by the scope refusing.",
             ("channel", "sender", "limit", "scope"),
         )
+        self.possible_duplicates = counter(
+            "possible_duplicate_sends_total",
+            "Uncertain sends a queue worker sent again with nothing to settle them: possible duplicates.",
+            ("channel",),
+        )
+        self.parked = gauge(
+            "sender_parked",
+            "1 while a queue worker parks the messages of (channel, sender), 0 once resumed.",
+            ("channel", "sender"),
+        )
         self.events = counter(
             "events_total", "Events dispatched to the listeners, by event class.", ("event",)
         )
@@ -163,6 +176,9 @@ class Instruments:
             SendLimited: self._limited,
             ListenerFailed: self._listener_failed,
             TemplateUsed: self._template,
+            PossibleDuplicateSend: self._possible_duplicate,
+            SenderParked: self._parked,
+            SenderResumed: self._resumed,
         }
 
     # ------------------------------------------------------------ the registry's collector
@@ -246,6 +262,18 @@ class Instruments:
 
     def _listener_failed(self, event: ListenerFailed) -> None:
         self.listener_failures.inc((event.plugin_name,))
+
+    def _channel(self, channel: str) -> str:
+        return channel if channel in self._channels else "unknown"
+
+    def _possible_duplicate(self, event: PossibleDuplicateSend) -> None:
+        self.possible_duplicates.inc((self._channel(event.channel),))
+
+    def _parked(self, event: SenderParked) -> None:
+        self.parked.set((self._channel(event.channel), event.sender), 1)
+
+    def _resumed(self, event: SenderResumed) -> None:
+        self.parked.set((self._channel(event.channel), event.sender), 0)
 
     def _template(self, event: TemplateUsed) -> None:
         template = event.template

@@ -32,9 +32,12 @@ from omnichannel import (
     OmniChannelService,
     PermanentDeliveryError,
     PluginSettings,
+    PossibleDuplicateSend,
     Receipt,
     RetryScheduled,
     Sender,
+    SenderParked,
+    SenderResumed,
     SendLimited,
     ServiceConfig,
     StatusChanged,
@@ -196,7 +199,32 @@ EVENT_CASES = [
         {k(f"templates_used_total channel={CHANNEL} template=order_update language=en_US"): 1},
         id="TemplateUsed",
     ),
+    pytest.param(
+        PossibleDuplicateSend("m-1", CHANNEL, "campaign-7:+16505550001"),
+        {k(f"possible_duplicate_sends_total channel={CHANNEL}"): 1},
+        id="PossibleDuplicateSend",
+    ),
+    pytest.param(
+        PossibleDuplicateSend("m-1", "pigeon", "k"),
+        {k("possible_duplicate_sends_total channel=unknown"): 1},
+        id="PossibleDuplicateSend-unknown-channel",
+    ),
+    pytest.param(
+        SenderParked(CHANNEL, "15550001", "sender_unavailable", "SenderUnavailableError: token revoked"),
+        {k(f"sender_parked {LIMITED}"): 1},
+        id="SenderParked",
+    ),
 ]
+
+
+async def test_the_parked_gauge_returns_to_0_when_the_sender_resumes() -> None:
+    async with metrics_service(RecordingChannel()) as service:
+        await service.emit(SenderParked(CHANNEL, "s1", "sender_unavailable"))
+        await service.emit(SenderParked(CHANNEL, "s2", "sender_unavailable"))
+        await service.emit(SenderResumed(CHANNEL, "s1", trigger="probe"))
+        metrics = scrape(service)
+    assert metrics.get("omnichannel_sender_parked", channel=CHANNEL, sender="s1") == 0
+    assert metrics.get("omnichannel_sender_parked", channel=CHANNEL, sender="s2") == 1
 
 
 @pytest.mark.parametrize(("event", "expected"), EVENT_CASES)
