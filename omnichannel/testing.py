@@ -64,6 +64,7 @@ __all__ = [
     "HookRecorder",
     "RecordedPayload",
     "RecordingChannel",
+    "SetClock",
     "fake_provider",
     "make_service",
 ]
@@ -96,6 +97,23 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.advance(max(seconds, 0.0))
         await asyncio.sleep(0)
+
+
+class SetClock:
+    """A clock that shows whatever moment the test sets (``clock.moment = ...``), backwards too;
+    ``sleep`` returns at once. For stores whose records take their times from the clock."""
+
+    def __init__(self, moment: datetime | None = None) -> None:
+        self.moment = moment or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def monotonic(self) -> float:
+        return self.moment.timestamp()
+
+    async def sleep(self, seconds: float) -> None:
+        return None
 
 
 @attrs.frozen

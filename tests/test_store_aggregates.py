@@ -34,6 +34,7 @@ from omnichannel.store.analytics import (
 )
 from omnichannel.store.postgres import PostgresMessageStore
 from omnichannel.store.sqlite import SqliteMessageStore
+from omnichannel.testing import SetClock
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)  # 12 hours before a UTC midnight
 Q, A, S, D, R, F = (DeliveryStatus(s) for s in ("queued", "accepted", "sent", "delivered", "read", "failed"))
@@ -47,22 +48,6 @@ ENDS = [1, 3600, 3600.5, 43200, 86400, 140000]
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-class SetClock:
-    """The store's clock (``created_at``), set before each send."""
-
-    def __init__(self) -> None:
-        self.moment = T0
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def monotonic(self) -> float:
-        return 0.0
-
-    async def sleep(self, seconds: float) -> None:
-        return None
 
 
 class World:
@@ -89,7 +74,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 @pytest.fixture
 async def world(backend: Any) -> Any:
-    clock = SetClock()
+    clock = SetClock(T0)
     store = backend(clock)
     yield World(store, clock)
     await store.close()

@@ -55,7 +55,7 @@ from omnichannel.store.postgres import PostgresMessageStore
 from omnichannel.store.postgres_stats import numbered
 from omnichannel.store.rollup import RELATIVE_ERROR
 from omnichannel.store.sqlite import SqliteMessageStore
-from omnichannel.testing import FakeClock, make_service
+from omnichannel.testing import FakeClock, SetClock, make_service
 from omnichannel_store import StorePlugin
 from omnichannel_store.commands import stats_command
 
@@ -66,22 +66,6 @@ Q, A, S, D, R, F = (DeliveryStatus(s) for s in ("queued", "accepted", "sent", "d
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-class SetClock:
-    """The store's clock (``created_at``), set by the fixture."""
-
-    def __init__(self) -> None:
-        self.moment = T0
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def monotonic(self) -> float:
-        return 0.0
-
-    async def sleep(self, seconds: float) -> None:
-        return None
 
 
 async def populate(store: Any, clock: SetClock) -> None:
@@ -137,7 +121,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 @pytest.fixture
 async def store(backend: Any) -> Any:
     """A store holding the fixture of the module docstring."""
-    clock = SetClock()
+    clock = SetClock(T0)
     opened = backend(clock)
     await populate(opened, clock)
     yield opened
@@ -190,7 +174,7 @@ async def test_percentiles_are_approximate_above_the_exact_limit(
 @pytest.mark.parametrize("exact", [True, False])
 async def test_a_status_stamped_before_the_send_is_a_latency_of_zero(backend: Any, exact: bool) -> None:
     # WhatsApp stamps statuses in whole seconds: a delivery within the send's second looks early.
-    clock = SetClock()
+    clock = SetClock(T0)
     opened = backend(clock)
     try:
         clock.moment = at(10.6)
@@ -332,7 +316,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_env: None) -> 
     path = tmp_path / "messages.sqlite3"
 
     async def fill() -> None:
-        clock = SetClock()
+        clock = SetClock(T0)
         store = SqliteMessageStore(path, clock=clock)
         try:
             await populate(store, clock)

@@ -14,13 +14,13 @@ from typing import Any
 import asyncpg
 import pytest
 from test_store_aggregates import (
+    T0,
     A,
     D,
     F,
     Q,
     R,
     S,
-    SetClock,
     aggregate_rows,
     assert_aggregates_are_a_recount,
     at,
@@ -32,6 +32,7 @@ from omnichannel.store.analytics import message_stats, template_performance
 from omnichannel.store.migrations import LATEST, LATEST_VERSION
 from omnichannel.store.postgres import PostgresMessageStore
 from omnichannel.store.sqlite import SqliteMessageStore
+from omnichannel.testing import SetClock
 
 DOWNGRADE = (
     "DROP TABLE message_counts",
@@ -62,7 +63,7 @@ async def make(backend: Any) -> Any:
     opened = []
 
     def make_one(clock: SetClock | None = None) -> Any:
-        store = backend(clock or SetClock())
+        store = backend(clock or SetClock(T0))
         opened.append(store)
         return store
 
@@ -153,7 +154,7 @@ async def test_schema_version_of_an_empty_database_is_zero_and_creates_nothing(m
 
 
 async def test_schema_version_reads_without_upgrading(make):
-    clock = SetClock()
+    clock = SetClock(T0)
     first = make(clock)
     await fill(first, clock)
     before = await summary(first)
@@ -168,7 +169,7 @@ async def test_schema_version_reads_without_upgrading(make):
 
 
 async def test_migration_backfills_the_aggregates_once_with_concurrent_upgrades(make, tmp_path):
-    clock = SetClock()
+    clock = SetClock(T0)
     first = make(clock)
     await fill(first, clock)
     maintained = await aggregate_rows(first)
@@ -207,7 +208,7 @@ def upgrade_in_processes(path: str, count: int) -> list[int]:
 
 
 async def test_rebuild_counts_rows_written_around_the_store(make):
-    clock = SetClock()
+    clock = SetClock(T0)
     store = make(clock)
     await fill(store, clock)
     created = "1772366400000" if isinstance(store, SqliteMessageStore) else "'2026-03-01T12:00:00Z'"
@@ -228,7 +229,7 @@ async def test_rebuild_counts_rows_written_around_the_store(make):
 
 
 async def test_retention_keeps_the_aggregates(make):
-    clock = SetClock()
+    clock = SetClock(T0)
     store = make(clock)
     await fill(store, clock)
     counts, before = await aggregate_rows(store), await summary(store)
@@ -240,7 +241,7 @@ async def test_retention_keeps_the_aggregates(make):
 
 
 async def test_concurrent_writers_keep_the_aggregates(make):
-    clock = SetClock()
+    clock = SetClock(T0)
     stores = [make(clock) for _ in range(4)]
     for i in range(30):
         clock.moment = at(i * 600)
