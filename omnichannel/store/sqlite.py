@@ -179,20 +179,9 @@ def _update_args(message: Planned, now: int) -> tuple[Any, ...]:
     return (*texts, *_state_values(message.state), now, message.message_id)
 
 
-def _state_args(state: StatusState, now: int, message_id: str) -> list[Any]:
-    assert state.status is not None
-    return [
-        state.status.value,
-        _ms(state.accepted_at),
-        _ms(state.sent_at),
-        _ms(state.delivered_at),
-        _ms(state.read_at),
-        _ms(state.failed_at),
-        state.error_code,
-        state.error_detail,
-        now,
-        message_id,
-    ]
+def _state_args(state: StatusState, now: int, message_id: str) -> tuple[Any, ...]:
+    """The arguments of ``_WRITE_STATE``."""
+    return (*_state_values(state), now, message_id)
 
 
 _PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON")
