@@ -177,7 +177,7 @@ async def test_bad_rows_are_reported_with_their_line_and_the_rest_goes_on(servic
         "detail": "recipient: must be an E.164 number",
     }
     assert all(line["outcome"] == "invalid" for line in lines)
-    assert await keys.get("c1:15550005") is None  # invalid rows claim nothing
+    assert await keys.get("c1:15550005") is None  # invalid rows keep no key
 
 
 async def test_delivery_failures_release_the_key_by_kind(service, channel, keys):

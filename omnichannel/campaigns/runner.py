@@ -3,13 +3,16 @@
 A fixed pool of ``concurrency`` workers pulls rows from the iterator, so at most that many
 rows are held at any time, whatever the size of the file. For each row:
 
-1. a row that could not be read, lacks its recipient or a column the content needs, or whose
-   message fails ``service.check`` is ``invalid``;
-2. on a dry run it is ``valid``, and nothing more happens;
+1. a row that could not be read, or lacks its recipient or a column the content needs, is
+   ``invalid``;
+2. on a dry run its message is checked (``service.check``): ``valid`` or ``invalid``, and
+   nothing more happens;
 3. the key ``<campaign_id>:<recipient>`` is claimed in the key store; a refused claim is
    ``already_sent``, ``failed_before``, ``in_flight`` (another runner holds it) or
    ``uncertain`` (an earlier attempt may have reached the provider);
-4. the message is sent: ``sent`` (the key is completed) or ``failed`` (the key is released:
+4. the message is sent: ``sent`` (the key is completed), ``invalid`` (the send's validation
+   refused it before anything left: the key is forgotten; validating in the send rather than
+   before the claim saves validating every row twice) or ``failed`` (the key is released:
    kept as ``failed`` when the error is not retryable, as ``uncertain`` when its certainty is
    unknown, else forgotten so that a re-run tries again).
 
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from ..errors import Certainty, DeliveryError
+from ..errors import Certainty, DeliveryError, MessageValidationError, UnknownChannelError
 from ..idempotency import KeyState, KeyStore
 from ..message import Message, _str_tuple
 from .sources import ContentSpec, Row, RowProblem, TemplateSpec
@@ -321,9 +324,12 @@ def _invalid(row: Row, detail: str, error: str = "invalid_row") -> RowResult:
     return RowResult(row.line, row.recipient, Outcome.INVALID, error, None, detail)
 
 
-def row_message(service: OmniChannelService, campaign: Campaign, row: Row) -> Message | RowResult:
-    """The row's message (key ``<campaign_id>:<recipient>``), checked by ``service.check``; or,
-    when the row cannot become a message, its ``invalid`` (or ``failed``: a broken check) result.
+def row_message(
+    service: OmniChannelService, campaign: Campaign, row: Row, *, check: bool = True
+) -> Message | RowResult:
+    """The row's message (key ``<campaign_id>:<recipient>``), checked by ``service.check`` unless
+    ``check`` is false (the send will validate it); or, when the row cannot become a message, its
+    ``invalid`` (or ``failed``: a broken check) result.
     """
     if row.error is not None:
         return _invalid(row, row.error)
@@ -343,6 +349,8 @@ def row_message(service: OmniChannelService, campaign: Campaign, row: Row) -> Me
         idempotency_key=key,
         metadata={"campaign_id": campaign.campaign_id},
     )
+    if not check:
+        return message
     try:
         problems = service.check(message)
     except Exception as exc:  # a plugin's validate or build hook broke: nothing was sent
@@ -354,7 +362,9 @@ def row_message(service: OmniChannelService, campaign: Campaign, row: Row) -> Me
 
 
 async def _run_row(service: OmniChannelService, campaign: Campaign, row: Row, keys: KeyStore) -> RowResult:
-    message = row_message(service, campaign, row)
+    # A dry run checks; a send validates the message itself (the same hooks, once per row), and
+    # an invalid message gives its key back below.
+    message = row_message(service, campaign, row, check=campaign.dry_run)
     if isinstance(message, RowResult):
         return message
     if campaign.dry_run:
@@ -379,6 +389,10 @@ async def _run_row(service: OmniChannelService, campaign: Campaign, row: Row, ke
         error = f"{type(exc).__name__}: {exc}"
         await keys.release(key, owner=owner, error=error, final=final, uncertain=uncertain)
         return RowResult(row.line, row.recipient, Outcome.FAILED, type(exc).__name__, exc.code, str(exc))
+    except (MessageValidationError, UnknownChannelError) as exc:  # refused before anything was sent
+        await keys.release(key, owner=owner, error="invalid message", final=False)
+        problems = exc.problems if isinstance(exc, MessageValidationError) else [str(exc)]
+        return _invalid(row, "; ".join(problems), type(exc).__name__)
     except asyncio.CancelledError:
         # Stopped mid-send: the request may have left, so a re-run must not resend blindly.
         await keys.release(
