@@ -85,8 +85,10 @@ class TemplateUsed(Event):
 class StatusChanged(Event):
     """A channel reported a new status for a message it accepted earlier (from a webhook).
 
-    ``message_id`` is our id when the provider echoed it back, else ``None``
-    and the message is found by ``provider_message_id``.
+    ``message_id`` is what the provider echoed back of the send: the message's idempotency key
+    (its id unless the caller gave a key; WhatsApp's ``biz_opaque_callback_data``), else
+    ``None`` and the message is found by ``provider_message_id``. The core settles that key in
+    the key store (an uncertain send the provider vouched for is not sent again).
     """
 
     channel: str
