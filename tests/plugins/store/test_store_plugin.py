@@ -325,6 +325,19 @@ def test_retention_must_be_positive() -> None:
         make_service(("store", StorePlugin()), config=config(retention_days=0))
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"retention_interval_s": 0}, r"plugins\.store\.retention_interval_s: must be > 0, got 0"),
+        ({"max_batch": 0}, r"plugins\.store\.max_batch: must be > 0, got 0"),
+        ({"max_batch": -5}, r"plugins\.store\.max_batch: must be > 0, got -5"),
+    ],
+)
+def test_intervals_and_batches_must_be_positive(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_service(("store", StorePlugin()), config=config(**settings))
+
+
 async def test_startup_without_upgrade(factory: Factory) -> None:
     async with make_service(("store", StorePlugin(factory)), config=config(upgrade_on_start=False)):
         assert factory.store.upgrades == 0
