@@ -164,6 +164,16 @@ class AmqpConfig:
             raise InvalidField(attribute.name, f"must be >= 0 (0: never probe), got {value}")
 
 
+def _key_store(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    from .idempotency.factory import check_key_store_url
+
+    try:
+        check_key_store_url(value)
+    except ConfigError as exc:
+        # "key_store: <problem>": the field's path is added by the error report.
+        raise InvalidField(attribute.name, exc.errors[0].split(": ", 1)[1]) from None
+
+
 @attrs.frozen
 class PluginSettings:
     """One ``[plugins.<name>]`` section: the generic keys and the plugin's raw settings."""
@@ -197,7 +207,7 @@ class ServiceConfig:
     send_concurrency: int = attrs.field(default=10, validator=_positive)
     strict_plugins: bool = False
     trace_plugins: bool = False
-    key_store: str = "sqlite:///omnichannel-keys.sqlite3"
+    key_store: str = attrs.field(default="sqlite:///omnichannel-keys.sqlite3", validator=_key_store)
     http: HttpConfig = attrs.field(factory=HttpConfig)
     server: ServerConfig = attrs.field(factory=ServerConfig)
     amqp: AmqpConfig | None = None

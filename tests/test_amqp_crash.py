@@ -182,6 +182,12 @@ async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(config, tmp
                 states = {r: (await keys.get(f"crash:{r}")).state for r in RECIPIENTS}  # type: ignore[union-attr]
             finally:
                 await keys.close()
+            expected_letters = sum(state is KeyState.UNCERTAIN for state in states.values())
+
+            async def dead_lettered() -> bool:  # a key turns uncertain just before its DLQ write
+                return len(await list_dead_letters(config)) >= expected_letters
+
+            await poll(dead_lettered, f"{expected_letters} dead letters")
             counts = [await proc.stop() for proc in procs[1:]]  # they finish what is in flight
             letters = await list_dead_letters(config)
             bodies = [service.bus.decode(letter.body) for letter in letters]
@@ -196,7 +202,9 @@ async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(config, tmp
     assert len(sent) == len(set(sent))  # nothing sent twice
     assert all(isinstance(b, SendMessage) for b in bodies)
     uncertain = {b.message.recipient for b in bodies if isinstance(b, SendMessage)}
-    assert {letter.reason for letter in letters} == {"ambiguous_policy"}
+    assert {letter.reason for letter in letters} == {"ambiguous_policy"}, [
+        (letter.reason, letter.error) for letter in letters
+    ]
     assert len(letters) == len(uncertain)
     assert set(sent) | uncertain == set(RECIPIENTS)  # nothing lost
     assert uncertain == {r for r, state in states.items() if state is KeyState.UNCERTAIN}

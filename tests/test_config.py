@@ -702,3 +702,30 @@ def test_raw_plugin_settings_never_show_in_a_repr():
     assert config.plugins["whatsapp"].settings["access_token"] == "EAAG-very-secret"
     assert "EAAG-very-secret" not in repr(config)
     assert "EAAG-very-secret" not in str(config)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            "nonsense",
+            "key_store: 'nonsense' is not a key store URL; expected sqlite:///relative/path.sqlite3",
+        ),
+        ("memory://x", "key_store: 'memory://x': memory:// takes no path or options"),
+        ("sqlite://db/k.db", "key_store: 'sqlite://db/k.db': a sqlite URL has no host"),
+    ],
+)
+def test_a_key_store_url_that_names_no_store_is_refused_at_load(value, problem):
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"OMNICHANNEL_KEY_STORE": value})
+    assert problem in str(info.value)
+    assert "(from $OMNICHANNEL_KEY_STORE)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value", ["sqlite:///keys.sqlite3", "keys.db", "redis://127.0.0.1:6379/0", "memory://"]
+)
+def test_key_store_urls_are_accepted_without_opening_anything(value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(environ={"OMNICHANNEL_KEY_STORE": value}).key_store == value
+    assert list(tmp_path.iterdir()) == []

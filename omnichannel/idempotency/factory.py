@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..clock import Clock
     from .keys import KeyStore
 
-__all__ = ["open_key_store"]
+__all__ = ["check_key_store_url", "open_key_store"]
 
 _SQLITE_SUFFIXES = (".sqlite3", ".sqlite", ".db")
 _ACCEPTED = (
@@ -33,31 +33,45 @@ def open_key_store(url: str, *, clock: Clock | None = None) -> KeyStore:
 
     :raises ConfigError: anything else, or Redis without the ``redis`` package.
     """
-    text = url.strip() if isinstance(url, str) else ""
-    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
-    if scheme == "sqlite":
-        return _sqlite(_sqlite_path(text), clock)
-    if scheme in ("redis", "rediss"):
+    kind, target = check_key_store_url(url)
+    if kind == "sqlite":
+        return _sqlite(target, clock)
+    if kind == "redis":
         try:
             import redis  # noqa: F401  (only to say clearly that it is missing)
         except ImportError:
             raise ConfigError(
                 [
-                    f"key_store: {printable_url(text)!r} needs the 'redis' package; "
+                    f"key_store: {printable_url(target)!r} needs the 'redis' package; "
                     "install it with: pip install 'omnichannel[redis]'"
                 ]
             ) from None
         from .redis import RedisKeyStore
 
-        return RedisKeyStore(text, clock=clock)
+        return RedisKeyStore(target, clock=clock)
+    from . import MemoryKeyStore
+
+    return MemoryKeyStore(clock)
+
+
+def check_key_store_url(url: str) -> tuple[str, str]:
+    """What ``url`` names, without opening anything: ``("sqlite", path)``, ``("redis", url)`` or
+    ``("memory", "")``.
+
+    :raises ConfigError: a URL that names no key store (the message says what is accepted).
+    """
+    text = url.strip() if isinstance(url, str) else ""
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme == "sqlite":
+        return "sqlite", _sqlite_path(text)
+    if scheme in ("redis", "rediss"):
+        return "redis", text
     if scheme == "memory":
         if text.lower() != "memory://":
             raise ConfigError([f"key_store: {printable_url(text)!r}: memory:// takes no path or options"])
-        from . import MemoryKeyStore
-
-        return MemoryKeyStore(clock)
+        return "memory", ""
     if not scheme and text.lower().endswith(_SQLITE_SUFFIXES):
-        return _sqlite(os.path.expanduser(text), clock)
+        return "sqlite", os.path.expanduser(text)
     shown = printable_url(text) if text else str(url)
     raise ConfigError([f"key_store: {shown!r} is not a key store URL; expected {_ACCEPTED}"])
 
