@@ -137,6 +137,8 @@ class AmqpConfig:
     :param reconcile_window_s: how long ``reconcile`` waits for a webhook before resending.
     :param park_probe_s: how long a worker parks a sender's messages before it lets one
         through as a probe (success resumes the sender); 0: never probe.
+    :param message_ttl_s: how long a message may take, from its first publish, deferrals and
+        parking included; an older one is dead-lettered (``expired``) instead of sent.
     """
 
     url: Secret = attrs.field(factory=lambda: Secret("amqp://guest:guest@127.0.0.1:5672/"))
@@ -151,6 +153,7 @@ class AmqpConfig:
     ambiguous_policy: str = attrs.field(default="reconcile")
     reconcile_window_s: float = attrs.field(default=30.0, validator=_positive)
     park_probe_s: float = attrs.field(default=300.0)
+    message_ttl_s: float = attrs.field(default=86400.0, validator=_positive)
 
     @ambiguous_policy.validator
     def _check_policy(self, attribute: attrs.Attribute[Any], value: str) -> None:

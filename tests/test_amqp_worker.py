@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from test_amqp_transport import amqp_config
@@ -29,7 +30,7 @@ from omnichannel.errors import (
     TransientDeliveryError,
 )
 from omnichannel.idempotency import KeyState, MemoryKeyStore
-from omnichannel.testing import RecordingChannel
+from omnichannel.testing import FakeClock, RecordingChannel
 
 TIMEOUT = 10.0
 
@@ -380,3 +381,58 @@ async def test_two_worker_processes_send_a_campaign_exactly_once(config, publish
     finally:
         await keys.close()
     assert states == {KeyState.SENT}
+
+
+# ---------------------------------------------------------------- message_ttl_s
+
+
+async def test_a_message_older_than_its_ttl_is_dead_lettered_not_sent(
+    worker, publish, service, channel, config, keys
+):
+    old = round((service.clock.now().timestamp() - config.message_ttl_s - 60) * 1000)
+    sent = message("+15550042")
+    await publish.publish(
+        service.bus.encode(SendMessage(sent)),
+        queue=config.queue,
+        message_id=sent.id,
+        headers={"x-first-published": old},
+    )
+    (done,) = await settled(worker, 1)
+    assert (done.decision.fate, done.decision.reason) == (Fate.DEAD_LETTER, "expired")
+    assert "more than message_ttl_s = 86400" in (done.decision.error or "")
+    assert channel.payloads == []
+    assert await keys.get(sent.key) is None  # never claimed
+    (letter,) = await list_dead_letters(config)
+    assert (letter.reason, letter.message_id) == ("expired", sent.id)
+
+
+async def test_the_first_publish_time_travels_through_deferrals(publish, config, keys):
+    channel = RecordingChannel()
+    clock = FakeClock(datetime.now(UTC))
+    async with OmniChannelService(plugins=[channel], load_entrypoints=False, clock=clock) as service:
+        worker = Worker(service, config, keys)
+        await worker.start()
+        try:
+            channel.fail_next(1, TransientDeliveryError("try later"))
+            await publish.submit(SendMessage(message("+15550043")), service.bus)  # stamps the publish
+            (first,) = await settled(worker, 1)
+            assert first.decision.fate is Fate.DEFER
+            clock.advance(config.message_ttl_s + 1)  # while it waits 0.05 s in the delay queue
+            _, second = await settled(worker, 2)
+        finally:
+            await worker.stop()
+    assert (second.decision.fate, second.decision.reason) == (Fate.DEAD_LETTER, "expired")
+    assert channel.payloads == []
+
+
+async def test_dlq_retry_gives_an_expired_message_a_new_ttl(worker, publish, service, channel, config):
+    old = round((service.clock.now().timestamp() - config.message_ttl_s - 60) * 1000)
+    sent = message("+15550044")
+    body = service.bus.encode(SendMessage(sent))
+    await publish.publish(body, queue=config.queue, message_id=sent.id, headers={"x-first-published": old})
+    (expired,) = await settled(worker, 1)
+    assert expired.decision.reason == "expired"
+    assert await retry_dead_letters(config) == [sent.id]
+    _, replayed = await settled(worker, 2)
+    assert replayed.decision.fate is Fate.SENT
+    assert [p.recipient for p in channel.payloads] == ["+15550044"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .fates import DLQ_HEADERS, RECONCILE_HEADER, REPLAYED_HEADER
-from .transport import AmqpTransport
+from .transport import AmqpTransport, first_published
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
@@ -107,6 +107,7 @@ async def retry_dead_letters(config: AmqpConfig, ids: Collection[str] | None = N
             dropped = (*DLQ_HEADERS, "x-deliveries", RECONCILE_HEADER)
             headers: dict[str, Any] = {k: v for k, v in (incoming.headers or {}).items() if k not in dropped}
             headers[REPLAYED_HEADER] = 1
+            headers.update(first_published())  # a replay gets a new message_ttl_s
             message_id = incoming.message_id or ""
             await transport.publish(incoming.body, queue=config.queue, message_id=message_id, headers=headers)
             await incoming.ack()

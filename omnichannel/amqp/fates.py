@@ -16,6 +16,7 @@ from ..errors import Certainty, DeliveryError, ErrorScope, SenderUnavailableErro
 
 __all__ = [
     "DLQ_HEADERS",
+    "FIRST_PUBLISHED_HEADER",
     "PARK_HEADERS",
     "RECONCILE_HEADER",
     "REPLAYED_HEADER",
@@ -24,6 +25,7 @@ __all__ = [
     "Settled",
     "classify",
     "defer_delay",
+    "expiry",
     "parks_sender",
 ]
 
@@ -31,6 +33,9 @@ DLQ_HEADERS = ("x-reason", "x-error", "x-code", "x-http-status")
 """Why a message was dead-lettered (or parked)."""
 PARK_HEADERS = (*DLQ_HEADERS, "x-sender", "x-channel")
 """What a parked message carries, dropped again when it is resumed."""
+FIRST_PUBLISHED_HEADER = "x-first-published"
+"""When the command was first published (UTC epoch milliseconds): ``message_ttl_s`` counts from
+it, through deferrals and parking; ``dlq retry`` starts it again."""
 RECONCILE_HEADER = "x-reconcile"
 """The reconcile round of a message whose send was uncertain: 1 = it waited the reconcile
 window; 2 = its uncertain key was resent once (another uncertain outcome dead-letters it)."""
@@ -66,7 +71,7 @@ class Decision:
     fate: Fate
     reason: str | None = None
     """Dead letter: ``poison_payload``, ``permanent_error``, ``retries_exhausted``,
-    ``ambiguous_policy``, ``failed_before``, ``invalid_message``, ``command_failed``.
+    ``ambiguous_policy``, ``failed_before``, ``invalid_message``, ``command_failed``, ``expired``.
     Park: ``sender_unavailable``. Reconcile: ``uncertain``. Sent: ``resent_uncertain`` when an
     uncertain key was resent (a possible duplicate)."""
     error: str | None = None
@@ -129,3 +134,20 @@ def classify(exc: DeliveryError, deliveries: int, max_deliveries: int) -> Decisi
             return Decision(Fate.DEAD_LETTER, "retries_exhausted", **common)
         return Decision(Fate.DEFER, retry_after=exc.retry_after, **common)
     return Decision(Fate.DEAD_LETTER, "permanent_error", **common)
+
+
+def expiry(headers: dict[str, Any], now_ms: int, ttl_s: float) -> Decision | None:
+    """Dead letter ``expired`` when the message was first published more than ``ttl_s`` ago.
+
+    A message without its first-publish time (from an older producer) starts counting now:
+    the header is added to ``headers``, which travel on with the message.
+    """
+    first = headers.get(FIRST_PUBLISHED_HEADER)
+    if not isinstance(first, int):
+        headers[FIRST_PUBLISHED_HEADER] = now_ms
+        return None
+    age_s = (now_ms - first) / 1000
+    if age_s <= ttl_s:
+        return None
+    error = f"first published {age_s:.0f} s ago, more than message_ttl_s = {ttl_s:g}"
+    return Decision(Fate.DEAD_LETTER, "expired", error)

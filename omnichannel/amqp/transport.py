@@ -8,6 +8,7 @@ broker holds the message (persistent, on a durable queue), and raises
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ import attrs
 from ..commands import SendMessage
 from ..errors import CommandError
 from ..urls import printable_url
+from .fates import FIRST_PUBLISHED_HEADER
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from ..commands import CommandBus
     from ..config import AmqpConfig
 
-__all__ = ["AmqpTransport", "Published", "delay_queue_name"]
+__all__ = ["AmqpTransport", "Published", "delay_queue_name", "first_published"]
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -35,6 +37,12 @@ class Published:
 
     queue: str
     message_id: str
+
+
+def first_published(now_s: float | None = None) -> dict[str, int]:
+    """The header of a command's first publish (``message_ttl_s`` counts from it)."""
+    moment = time.time() if now_s is None else now_s
+    return {FIRST_PUBLISHED_HEADER: round(moment * 1000)}
 
 
 def delay_queue_name(queue: str, delay_s: float) -> str:
@@ -183,7 +191,7 @@ class AmqpTransport:
         body = bus.encode(command)
         message_id = command.message.id if isinstance(command, SendMessage) else uuid.uuid4().hex
         await self.declare(self.config.queue)
-        await self.publish(body, queue=self.config.queue, message_id=message_id)
+        await self.publish(body, queue=self.config.queue, message_id=message_id, headers=first_published())
         return Published(self.config.queue, message_id)
 
     async def close(self) -> None:

@@ -44,6 +44,7 @@ from ..events import PossibleDuplicateSend, SenderParked, SenderResumed
 from ..idempotency import KeyState
 from .fates import (
     DLQ_HEADERS,
+    FIRST_PUBLISHED_HEADER,
     PARK_HEADERS,
     RECONCILE_HEADER,
     REPLAYED_HEADER,
@@ -52,6 +53,7 @@ from .fates import (
     Settled,
     classify,
     defer_delay,
+    expiry,
     one_line,
 )
 from .parking import (
@@ -277,7 +279,13 @@ class Worker:
         message_id = incoming.message_id or uuid.uuid4().hex
         await self.transport.publish(incoming.body, queue=queue, message_id=message_id, headers=headers)
 
+    def _now_ms(self) -> int:
+        return round(self.service.clock.now().timestamp() * 1000)
+
     async def _decide(self, body: bytes, deliveries: int, headers: dict[str, Any]) -> Decision:
+        expired = expiry(headers, self._now_ms(), self.config.message_ttl_s)
+        if expired is not None:
+            return expired
         bus = self.service.bus
         try:
             command = bus.decode(body)
@@ -287,9 +295,13 @@ class Worker:
             return await self._send(command.message, deliveries, headers)
         if isinstance(command, SendBulk):
             await self.transport.declare(self.config.queue)
+            # Each message keeps the bulk command's age (message_ttl_s).
+            stamp = {FIRST_PUBLISHED_HEADER: headers[FIRST_PUBLISHED_HEADER]}  # set by expiry()
             for message in command.messages():
                 body = bus.encode(SendMessage(message))
-                await self.transport.publish(body, queue=self.config.queue, message_id=message.id)
+                await self.transport.publish(
+                    body, queue=self.config.queue, message_id=message.id, headers=stamp
+                )
             return Decision(Fate.SENT)
         try:
             await bus.execute(command)
