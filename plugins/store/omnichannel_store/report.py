@@ -15,10 +15,10 @@ import attrs
 from omnichannel.serde import make_converter
 
 if TYPE_CHECKING:
-    from omnichannel.store import MessageStore
+    from omnichannel.store import MessageRecord, MessageStore, StatusEntry
     from omnichannel.store.analytics import MessageStats, TemplatePerformance
 
-__all__ = ["DEFAULT_SPAN", "StatsQuery", "parse_time", "stats_json", "stats_report"]
+__all__ = ["DEFAULT_SPAN", "StatsQuery", "message_json", "parse_time", "stats_json", "stats_report"]
 
 DEFAULT_SPAN = timedelta(hours=24)
 """The range when only its end (or nothing) is given."""
@@ -87,3 +87,8 @@ async def stats_report(
 def stats_json(stats: MessageStats, templates: list[TemplatePerformance]) -> dict[str, Any]:
     """The report as JSON-ready data."""
     return {"messages": _converter.unstructure(stats), "templates": _converter.unstructure(templates)}
+
+
+def message_json(record: MessageRecord, history: list[StatusEntry]) -> dict[str, Any]:
+    """One message and its status history as JSON-ready data (``GET /messages/{id}``)."""
+    return {"message": _converter.unstructure(record), "history": _converter.unstructure(history)}

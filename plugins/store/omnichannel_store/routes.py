@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from omnichannel import Route
-from omnichannel.serde import make_converter
 
-from .report import StatsQuery, stats_json, stats_report
+from .report import StatsQuery, message_json, stats_json, stats_report
 
 if TYPE_CHECKING:
     from omnichannel import OmniChannelService
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
     from omnichannel.store import MessageStore
 
 __all__ = ["store_routes"]
-
-_converter = make_converter()
 
 
 def store_routes(service: OmniChannelService, store_of: Callable[[], MessageStore | None]) -> list[Route]:
@@ -62,9 +59,7 @@ def store_routes(service: OmniChannelService, store_of: Callable[[], MessageStor
         if record is None:
             raise web.HTTPNotFound(text=f"no message {message_id!r} in the message store")
         history = await store.history(message_id)
-        return web.json_response(
-            {"message": _converter.unstructure(record), "history": _converter.unstructure(history)}
-        )
+        return web.json_response(message_json(record, history))
 
     handlers: list[tuple[str, Handler, str]] = [
         ("/stats", stats, "store-stats"),
