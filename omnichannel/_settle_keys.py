@@ -37,25 +37,22 @@ class KeySettler:
     """The key store of one service, opened at the first webhook that can settle a key."""
 
     def __init__(self, service: OmniChannelService) -> None:
-        from .idempotency import SqliteKeyStore, open_key_store
+        from .idempotency import open_key_store
+        from .idempotency.factory import check_key_store_url
 
-        self._url = service.config.key_store
+        kind, target = check_key_store_url(service.config.key_store)
         self._store: KeyStore | None = None
-        self._candidate: KeyStore | None = None
-        if not self._url.strip().lower().startswith("memory:"):
-            candidate = open_key_store(self._url, clock=service.clock)
-            if isinstance(candidate, SqliteKeyStore):
-                self._candidate = candidate  # used once its file exists
-            else:
-                self._store = candidate
+        if kind != "memory":  # another process's memory holds no key of ours
+            self._store = open_key_store(service.config.key_store, clock=service.clock)
+        self._file = target if kind == "sqlite" else None
+        """The SQLite file, until it exists (no campaign or worker claimed a key in it yet)."""
 
     def store(self) -> KeyStore | None:
         """The key store, or ``None`` while there is none to settle keys in."""
-        from .idempotency import SqliteKeyStore
-
-        candidate = self._candidate
-        if isinstance(candidate, SqliteKeyStore) and os.path.exists(candidate.path):
-            self._store, self._candidate = candidate, None
+        if self._file is not None:
+            if not os.path.exists(self._file):
+                return None
+            self._file = None
         return self._store
 
     async def settle(self, event: StatusChanged) -> None:
@@ -75,10 +72,9 @@ class KeySettler:
         )
 
     async def close(self) -> None:
-        """Close the key store if it was opened."""
-        for store in (self._store, self._candidate):
-            if store is not None:
-                await store.close()
+        """Close the key store (a SQLite store never used opened nothing)."""
+        if self._store is not None:
+            await self._store.close()
 
 
 def _describe(event: StatusChanged) -> str:
