@@ -436,3 +436,15 @@ async def test_dlq_retry_gives_an_expired_message_a_new_ttl(worker, publish, ser
     _, replayed = await settled(worker, 2)
     assert replayed.decision.fate is Fate.SENT
     assert [p.recipient for p in channel.payloads] == ["+15550044"]
+
+
+def test_message_ttl_must_be_positive():
+    from omnichannel.config import load_config
+    from omnichannel.errors import ConfigError
+
+    environ = {"OMNICHANNEL_AMQP__MESSAGE_TTL_S": "0", "OMNICHANNEL_AMQP__URL": "amqp://h/"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ=environ)
+    (line,) = caught.value.errors
+    assert line.startswith("amqp.message_ttl_s: must be > 0")
+    assert load_config(environ={"OMNICHANNEL_AMQP__URL": "amqp://h/"}).amqp.message_ttl_s == 86400.0
