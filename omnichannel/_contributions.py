@@ -177,12 +177,24 @@ def collect_routes(
 
 
 def redact_by_name(table: dict[str, Any]) -> None:
-    """Replace, at any depth, the values of keys that name a secret (token, key, ...), and the
-    password of any URL (``redis://:pw@host``)."""
+    """Replace, at any depth (lists included), the values of keys that name a secret (token,
+    key, ...), and the password of any URL (``redis://:pw@host``)."""
     for key, value in table.items():
         if isinstance(value, dict):
             redact_by_name(value)
         elif value is not None and any(word in key.lower() for word in SECRET_WORDS):
             table[key] = REDACTED
+        elif isinstance(value, list):
+            table[key] = [_redacted_item(item) for item in value]
         elif isinstance(value, str) and "@" in value:
             table[key] = redact_url(value)
+
+
+def _redacted_item(item: Any) -> Any:
+    if isinstance(item, dict):
+        redact_by_name(item)
+    elif isinstance(item, list):
+        return [_redacted_item(each) for each in item]
+    elif isinstance(item, str) and "@" in item:
+        return redact_url(item)
+    return item

@@ -102,6 +102,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_port)
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    health_timeout_s: float = attrs.field(default=1.0, validator=_positive)
+    """How long ``GET /health`` waits for each plugin's section."""
 
 
 def _delays(_: object, attribute: attrs.Attribute[Any], value: tuple[float, ...]) -> None:

@@ -20,7 +20,8 @@ Hooks fall in three groups:
   ``on_event`` for what happened;
 * contributions, called once: ``register_channels``, ``register_config``,
   ``register_commands``, ``register_routes``, ``register_command_handlers``;
-* life cycle: ``startup`` and ``shutdown``.
+* life cycle: ``startup`` and ``shutdown``;
+* operations: ``health``, a plugin's section of ``GET /health``.
 
 The reference for each hook, with examples, is docs/plugins/hooks.md.
 """
@@ -259,6 +260,29 @@ def shutdown(service: OmniChannelService) -> Awaitable[None] | None:
 
     :param service: the stopping service.
     :return: ``None`` or an awaitable that is awaited.
+
+    broadcast: all implementations are called.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------- operations
+
+
+@hookspec
+def health(service: OmniChannelService) -> Mapping[str, Any] | Awaitable[Mapping[str, Any] | None] | None:
+    """Report the plugin's state for ``GET /health`` and ``omnichannel health``.
+
+    Called only while the service runs, each implementation on its own with a time limit
+    (``[server] health_timeout_s``); one that raises or is late shows as ``{"error": ...}``
+    in its section and does not affect the others. Health is liveness: nothing here changes
+    the answer's HTTP status.
+
+    :param service: the running service.
+    :return: a JSON-able mapping, shown under the plugin's name (``None``: no section).
+        ``"degraded": True`` in it lists the plugin in the report's ``degraded``. Values
+        under keys that name secrets (``token``, ``password``, ...) are redacted.
 
     broadcast: all implementations are called.
 

@@ -42,7 +42,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-DEFAULT_PLUGINS: tuple[str, ...] = ("omnichannel._builtins", "omnichannel._settle_keys")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "omnichannel._builtins",
+    "omnichannel._settle_keys",
+    "omnichannel._amqp_health",
+)
 """Modules registered in every manager: the core's own hook implementations."""
 
 

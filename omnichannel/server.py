@@ -25,6 +25,7 @@ from .errors import (
     WebhookError,
 )
 from .extensions import Handler
+from .health import health_report
 from .service import OmniChannelService
 
 __all__ = ["SERVICE_KEY", "make_app", "run"]
@@ -77,8 +78,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 async def _health(request: web.Request) -> web.Response:
-    """Liveness: the process answers. Never depends on channels or breakers."""
-    return web.json_response({"status": "ok"})
+    """Liveness and the plugins' health sections; always 200 (never depends on channels or breakers)."""
+    return web.json_response(await health_report(request.app[SERVICE_KEY]))
 
 
 async def _ready(request: web.Request) -> web.Response:

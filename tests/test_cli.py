@@ -244,10 +244,16 @@ def test_plugins_all_includes_the_builtins(run):
     result = run("plugins", "--json", "--all")
     assert result.exit_code == 0, result.output
     by_name = {info["name"]: info for info in json.loads(result.stdout)}
-    assert set(by_name) == {"console", "omnichannel._builtins", "omnichannel._settle_keys"}
+    assert set(by_name) == {
+        "console",
+        "omnichannel._amqp_health",
+        "omnichannel._builtins",
+        "omnichannel._settle_keys",
+    }
     assert by_name["omnichannel._builtins"]["builtin"] is True
     assert by_name["omnichannel._builtins"]["hooks"] == ["send", "validate"]
     table = run("plugins", "--all").stdout.splitlines()
+    assert table[-3].split() == ["omnichannel._amqp_health", "-", "-", "health"]
     assert table[-2].split() == ["omnichannel._builtins", "-", "-", "send,", "validate"]
     assert table[-1].split() == ["omnichannel._settle_keys", "-", "-", "on_event,", "shutdown"]
 
@@ -337,7 +343,7 @@ def test_config_show(run):
         "http": {"connect_timeout_s": 10.0, "max_connections": 100, "timeout_s": 5.0},
         "plugins": {"console": {"enabled": True, "rollout": 100.0, "stream": "stdout"}},
         "send_concurrency": 10,
-        "server": {"host": "127.0.0.1", "port": 9000, "shutdown_timeout_s": 10.0},
+        "server": {"host": "127.0.0.1", "port": 9000, "shutdown_timeout_s": 10.0, "health_timeout_s": 1.0},
         "strict_plugins": False,
         "trace_plugins": False,
         "key_store": "sqlite:///omnichannel-keys.sqlite3",

@@ -60,6 +60,7 @@ def test_the_hooks_are_the_documented_set():
             "register_command_handlers",
             "startup",
             "shutdown",
+            "health",
         ]
     )
     assert expected == HOOK_NAMES

@@ -419,6 +419,7 @@ def test_plugin_infos_describe_every_plugin():
     service = make_service(("rec", RecordingChannel()), ("mw", Wrapper()), ("sms", RecordingChannel("sms")))
     assert service.plugins() == [
         PluginInfo(name="mw", hooks=("on_event", "send")),
+        PluginInfo(name="omnichannel._amqp_health", hooks=("health",), builtin=True),
         PluginInfo(name="omnichannel._builtins", hooks=("send", "validate"), builtin=True),
         PluginInfo(name="omnichannel._settle_keys", hooks=("on_event", "shutdown"), builtin=True),
         PluginInfo(name="rec", hooks=("build", "register_channels", "send"), channels=("recording",)),

@@ -76,13 +76,16 @@ async def test_health(client):
     response = await client.get("/health")
     assert response.status == 200
     assert response.content_type == "application/json"
-    assert await response.json() == {"status": "ok"}
+    assert await response.json() == {"status": "ok", "degraded": [], "plugins": {}}
 
 
 async def test_health_does_not_need_a_started_service():
     async with client_for(make_app(make_service(RecordingChannel()), manage_service=False)) as client:
         response = await client.get("/health")
-        assert (response.status, await response.json()) == (200, {"status": "ok"})
+        assert (response.status, await response.json()) == (
+            200,
+            {"status": "ok", "degraded": [], "plugins": {}},
+        )
 
 
 async def test_ready_before_start():

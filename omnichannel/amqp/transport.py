@@ -120,6 +120,23 @@ class AmqpTransport:
         await channel.declare_queue(queue, durable=True, arguments=dict(arguments or {}))
         self._declared.add(queue)
 
+    async def depth(self, queue: str) -> int:
+        """Messages ready in the durable ``queue`` (declared first if missing; unacked ones not counted).
+
+        :raises CommandError: when the broker refuses or cannot be reached.
+        """
+        import aio_pika
+
+        channel = await self.channel()
+        try:
+            declared = await channel.declare_queue(queue, durable=True)
+        except (aio_pika.exceptions.AMQPError, OSError) as exc:
+            raise CommandError(
+                f"the AMQP broker at {self.where} did not declare {queue!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        self._declared.add(queue)
+        return declared.declaration_result.message_count or 0
+
     async def declare_fanout(self, exchange: str) -> None:
         """Declare the durable fanout ``exchange`` once per channel (the workers' control exchange)."""
         import aio_pika
