@@ -243,6 +243,38 @@ def serve_command(state: CliState, host: str | None, port: int | None) -> None:
     run(state.service(), host=host, port=port)
 
 
+@cli.command("health")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (what GET /health answers).")
+@click.pass_obj
+def health_command(state: CliState, as_json: bool) -> None:
+    """Start the service, print every plugin's health section, stop; exit 1 when one is degraded.
+
+    What this process sees: shared state (Redis breakers, the broker's queues) is everyone's;
+    in-memory breakers are only this process's (ask ``GET /health`` of a running server).
+    """
+    from .health import health_report
+
+    service = state.service()
+
+    async def run() -> dict[str, Any]:
+        async with service:
+            return await health_report(service)
+
+    report = asyncio.run(run())
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for name, section in report["plugins"].items():
+            mark = "degraded" if name in report["degraded"] else "ok"
+            click.echo(f"{name}: {mark}")
+            for key, value in section.items():
+                click.echo(f"  {key}: {json.dumps(value)}")
+        if not report["plugins"]:
+            click.echo("no plugin reports its health")
+    if report["degraded"]:
+        raise SystemExit(1)
+
+
 cli.add_command(campaign_group)
 cli.add_command(worker_command)
 cli.add_command(dlq_group)

@@ -425,3 +425,24 @@ def test_console_script():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == f"omnichannel, version {omnichannel.__version__}\n"
+
+
+# ---------------------------------------------------------------- health
+
+
+def test_health_with_no_section(run):
+    result = run("health")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "no plugin reports its health"
+
+
+def test_health_of_an_unreachable_broker_is_degraded_and_exits_1(run):
+    result = run("health", "--json", config='[amqp]\nurl = "amqp://guest:s3cret@127.0.0.1:1/"\n')
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["degraded"] == ["omnichannel._amqp_health"]
+    assert "cannot connect to the AMQP broker" in report["plugins"]["omnichannel._amqp_health"]["error"]
+    assert "s3cret" not in result.output
+    text = run("health", config='[amqp]\nurl = "amqp://guest:s3cret@127.0.0.1:1/"\n')
+    assert text.exit_code == 1
+    assert text.stdout.splitlines()[0] == "omnichannel._amqp_health: degraded"

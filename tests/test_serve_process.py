@@ -48,6 +48,7 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path):
                 assert response.status == 200
                 health = await response.json()
                 assert (health["status"], health["degraded"]) == ("ok", [])
+                assert "breakers" in health["plugins"]["resilience"]
             async with http.get(f"http://127.0.0.1:{port}/ready") as response:
                 assert response.status == 200
                 ready = await response.json()

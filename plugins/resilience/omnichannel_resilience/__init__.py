@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -71,6 +71,12 @@ class ResiliencePlugin:
         layer = service.state.pop(PLUGIN_NAME, None)
         if isinstance(layer, Resilience):
             await layer.close()
+
+    @hookimpl
+    async def health(self, service: OmniChannelService) -> dict[str, Any]:
+        from .health import health_section
+
+        return await health_section(runtime(service, rng=self._rng))
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:

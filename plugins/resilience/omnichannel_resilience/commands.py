@@ -17,6 +17,7 @@ import click
 from omnichannel import service_from_context
 
 from .breaker import BreakerSnapshot, State
+from .health import breaker_row
 from .state import AdminAction, BreakerStore
 
 if TYPE_CHECKING:
@@ -53,22 +54,9 @@ def _run(work: Callable[[BreakerStore], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def _row(snapshot: BreakerSnapshot) -> dict[str, object]:
-    return {
-        "breaker": snapshot.name,
-        "state": snapshot.state.value,
-        "gauge": snapshot.gauge,
-        "failures": snapshot.failures,
-        "half_open_in_s": None if snapshot.open_remaining_s is None else round(snapshot.open_remaining_s, 3),
-        "probes_in_flight": snapshot.in_flight,
-        "open_count": snapshot.open_count,
-        "generation": snapshot.generation,
-    }
-
-
 def _print(snapshots: list[BreakerSnapshot], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([_row(s) for s in snapshots], indent=2))
+        click.echo(json.dumps([breaker_row(s) for s in snapshots], indent=2))
         return
     if not snapshots:
         click.echo("no circuit breaker has state yet (every sender is closed)")
