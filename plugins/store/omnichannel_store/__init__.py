@@ -15,9 +15,10 @@ in one ``record_statuses`` transaction). ``register_routes`` adds ``GET /stats``
 ``GET /messages/{message_id}`` to ``omnichannel serve`` (``routes``).
 
 ``startup`` opens the store (and applies the schema migrations when ``upgrade_on_start``);
-``shutdown`` closes it. A store that fails never fails a send: the error is raised from the
-listener as a :class:`StoreWriteError` naming the message and the store (password masked), and the
-service logs it once and emits ``ListenerFailed``.
+``shutdown`` closes it. ``health`` reports the store and its schema version (degraded when
+migrations are pending; an error when the store cannot answer). A store that fails never fails a
+send: the error is raised from the listener as a :class:`StoreWriteError` naming the message and
+the store (password masked), and the service logs it once and emits ``ListenerFailed``.
 
 The store is opened by a factory, ``omnichannel.store.factory.open_message_store`` unless one is
 given: ``StorePlugin(store_factory=lambda url, clock: FakeStore())`` in tests.
@@ -155,6 +156,21 @@ class StorePlugin:
             raise StoreWriteError(
                 f"could not record {_describe(event)} in the message store {url}: {exc}"
             ) from exc
+
+    @hookimpl
+    async def health(self, service: OmniChannelService) -> dict[str, object] | None:
+        store = message_store(service)
+        if store is None:
+            return None
+        from omnichannel.store.migrations import LATEST_VERSION  # type: ignore[import-not-found, unused-ignore]
+
+        version = await store.schema_version()  # a query: a store that cannot answer is an error
+        return {
+            "store": display_url(service.plugin_config(StoreConfig).url),
+            "schema_version": version,
+            "latest_version": LATEST_VERSION,
+            "degraded": version < LATEST_VERSION,
+        }
 
     @hookimpl
     def register_routes(self, service: OmniChannelService) -> list[Route]:

@@ -482,3 +482,25 @@ async def test_real_sqlite_store(tmp_path: Path, channel: RecordingChannel) -> N
         record = await store.get(receipt.message_id)
     assert record is not None
     assert record.status is DeliveryStatus.DELIVERED
+
+
+# ---------------------------------------------------------------- health
+
+
+async def test_health_reports_the_store_and_its_schema(factory: Factory, channel: RecordingChannel) -> None:
+    from omnichannel.health import health_report
+
+    plugin = ("store", StorePlugin(factory))
+    async with make_service(channel, plugin, config=config(url="postgresql://app:pw@db/x")) as service:
+        section = (await health_report(service))["plugins"]["store"]
+    assert section == {
+        "store": "postgresql://app:**********@db/x",
+        "schema_version": LATEST_VERSION,
+        "latest_version": LATEST_VERSION,
+        "degraded": False,
+    }
+    not_upgraded = ("store", StorePlugin(Factory()))
+    async with make_service(channel, not_upgraded, config=config(upgrade_on_start=False)) as service:
+        report = await health_report(service)
+    assert report["plugins"]["store"]["schema_version"] == 0
+    assert report["degraded"] == ["store"]
