@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_store_aggregates import aggregate_rows, assert_aggregates_are_a_recount
 from test_store_backends import PG_URL, A, D, F, Q, R, S, at, snapshot
 
-from omnichannel.store import SendRecord, StatusUpdate, StoreError, postgres
+from omnichannel.store import SendRecord, StatusUpdate, StoreError, postgres_sends
 from omnichannel.store.analytics import Fetch, _backend
 from omnichannel.store.postgres import PostgresMessageStore
 
@@ -369,7 +369,7 @@ async def test_postgres_batch_gives_up_when_new_messages_keep_appearing(store):
     assert isinstance(store, PostgresMessageStore)
 
     async def raced(*args):
-        raise postgres._Raced
+        raise postgres_sends.Raced
 
     store._write_sends = raced
     with pytest.raises(StoreError, match="10 times in a row; try the batch again"):
