@@ -80,6 +80,7 @@ class GraphClient:
     def __init__(self, http: aiohttp.ClientSession, config: WhatsAppConfig) -> None:
         self._http = http
         self._config = config
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
 
     def __repr__(self) -> str:
         return f"GraphClient(graph_url={self._config.graph_url!r})"
@@ -161,7 +162,7 @@ class GraphClient:
                 headers=headers,
                 data=data,
                 params=params,
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
                 status = response.status
