@@ -16,7 +16,7 @@ provider id, template and language) through ``record_send`` one by one, then thr
 ``record_sends`` in batches of 100 and 500 (one transaction each), then batches of 500 whose
 messages were all recorded already (``queued``, then the batch re-sends them ``accepted``: the
 path that reads the rows and histories). Each row gives sends/s, the benchmark process's CPU per
-send (``time.process_time``: the event loop and aiosqlite's thread) and, on PostgreSQL, the CPU
+send (``time.process_time``: the event loop and the store's thread) and, on PostgreSQL, the CPU
 of the server process that served the store's one connection (``/proc/<pid>/stat``), per send.
 
 Ingestion: ``record_send`` of N accepted messages (with provider ids; untimed), then their status

@@ -1,69 +1,60 @@
 """Opening a SQLite file that several processes share (the key store and the message store).
 
-WAL mode, a busy timeout, the parent folder created, and two things SQLite and aiosqlite leave to
-the caller: switching a new file to WAL needs the file to itself and SQLite does not wait for it
-(no busy handler), so the set-up is retried while another process does the same; and aiosqlite
-stops its thread after a failed connect and reports that to the loop, so we wait for the thread
-(else it may report to a closed loop).
+Both stores own one plain ``sqlite3`` connection used only by a dedicated thread (their pool of
+one worker guarantees that, so ``check_same_thread`` is off), in autocommit mode
+(``isolation_level=None``: the stores write their own ``BEGIN``/``COMMIT``), with a busy
+timeout. Switching a new file to WAL needs the file to itself and SQLite does not wait for it (no
+busy handler), so the set-up statements are retried while another process does the same.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import aiosqlite
-
-__all__ = ["open_sqlite"]
+__all__ = ["connect_sqlite"]
 
 
-async def open_sqlite(
+def connect_sqlite(
     path: str,
     *,
     busy_timeout_s: float,
-    pragmas: Sequence[str],
-    then: Callable[[aiosqlite.Connection], Awaitable[object]] | None = None,
-) -> aiosqlite.Connection:
-    """Connect to ``path`` (autocommit), apply ``pragmas`` (retried while the file is busy being set
-    up), then ``then(db)`` (a schema or migrations); the connection is closed if any step fails.
+    set_up: Sequence[str],
+    then: Callable[[sqlite3.Connection], object] | None = None,
+) -> sqlite3.Connection:
+    """Connect to ``path`` (creating its folder), run ``set_up`` (pragmas, ``CREATE … IF NOT
+    EXISTS``; retried while the file is busy being set up), then ``then(db)`` (migrations); the
+    connection is closed if any step fails. Blocking: call it on the store's thread.
 
     :raises OSError: the folder cannot be created.
     :raises sqlite3.Error: the file cannot be opened or set up.
     """
     if path != ":memory:" and not path.startswith("file:"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connecting = aiosqlite.connect(path, isolation_level=None)
+    db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
-        db = await connecting
-    except sqlite3.Error:
-        thread = getattr(connecting, "_thread", None)
-        if thread is not None:
-            await asyncio.to_thread(thread.join, 1.0)
-        raise
-    try:
-        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
-        await _set_up(db, pragmas, busy_timeout_s)
+        _set_up(db, set_up, busy_timeout_s)
         if then is not None:
-            await then(db)
+            then(db)
     except BaseException:
-        await db.close()
+        db.close()
         raise
     return db
 
 
-async def _set_up(db: aiosqlite.Connection, pragmas: Sequence[str], busy_timeout_s: float) -> None:
-    give_up = asyncio.get_running_loop().time() + busy_timeout_s
+def _set_up(db: sqlite3.Connection, statements: Sequence[str], busy_timeout_s: float) -> None:
+    give_up = time.monotonic() + busy_timeout_s
     pause = 0.01
     while True:
         try:
-            for pragma in pragmas:
-                await db.execute(pragma)
+            for statement in statements:
+                db.execute(statement)
             return
         except sqlite3.OperationalError as exc:
             busy = "locked" in str(exc) or "busy" in str(exc)
-            if not busy or asyncio.get_running_loop().time() + pause > give_up:
+            if not busy or time.monotonic() + pause > give_up:
                 raise
-            await asyncio.sleep(pause)
+            time.sleep(pause)
             pause = min(pause * 2, 0.5)

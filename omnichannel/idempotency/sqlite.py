@@ -39,12 +39,11 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from .._sqlite import connect_sqlite
 from ..clock import Clock, SystemClock
 from ..errors import KeyStoreError
 from ._batch import CLOSE, Batcher, Op, Outcome
@@ -411,34 +410,10 @@ class SqliteKeyStore:
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection; the first call creates the folder, the file and the table."""
-        if self._db is not None:
-            return self._db
-        if self.path != ":memory:" and not self.path.startswith("file:"):
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._set_up(db)
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-        return db
-
-    def _set_up(self, db: sqlite3.Connection) -> None:
-        # Switching a new file to WAL needs the file to itself and SQLite does not wait for it (no
-        # busy handler): retry while another process sets the same file up.
-        give_up = time.monotonic() + self._busy_timeout_s
-        pause = 0.01
-        while True:
-            try:
-                for statement in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", _SCHEMA):
-                    db.execute(statement)
-                return
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() + pause > give_up:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+        if self._db is None:
+            self._db = connect_sqlite(
+                self.path,
+                busy_timeout_s=self._busy_timeout_s,
+                set_up=("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", _SCHEMA),
+            )
+        return self._db
