@@ -426,17 +426,7 @@ class SqliteMessageStore:
     def _call(self, operation: str, run: Callable[[sqlite3.Connection], T], write: bool) -> T:
         try:
             db = self._connection()
-            if not write:
-                return run(db)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = run(db)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
-            return result
+            return _in_transaction(db, run) if write else run(db)
         except sqlite3.Error as exc:
             raise StoreError(
                 f"message store {self.path!r}: {operation} failed ({type(exc).__name__}: {exc})"
@@ -461,23 +451,19 @@ class SqliteMessageStore:
         self._migrate(db)
 
     def _migrate(self, db: sqlite3.Connection) -> int:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(SCHEMA_VERSION_TABLE["sqlite"])
-            version = int(fetch_one(db, VERSION))
-            for migration in pending(version):
-                for statement in migration.sqlite:
-                    db.execute(statement)
-                db.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (migration.version, to_ms(self._clock.now())),
-                )
-                version = migration.version
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+        return _in_transaction(db, self._apply_migrations)
+
+    def _apply_migrations(self, db: sqlite3.Connection) -> int:
+        db.execute(SCHEMA_VERSION_TABLE["sqlite"])
+        version = int(fetch_one(db, VERSION))
+        for migration in pending(version):
+            for statement in migration.sqlite:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (migration.version, to_ms(self._clock.now())),
+            )
+            version = migration.version
         return version
 
     def _schema_version(self) -> int:
@@ -502,3 +488,16 @@ class SqliteMessageStore:
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work(db)`` in one ``BEGIN IMMEDIATE … COMMIT``, rolled back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(db)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return result
