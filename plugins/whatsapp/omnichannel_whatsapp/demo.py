@@ -7,7 +7,7 @@ outage in the middle and shows what happened to each message, lets the status
 webhooks come back through the real, signed webhook route, and ends with a table
 of what was sent, delivered, read and failed. When the message-store plugin is
 installed, the demo keeps its messages in a temporary SQLite file and prints the
-store's own report (``GET /stats``) too.
+store's own report (``GET /stats``) too; then every plugin's health section (``GET /health``).
 """
 
 from __future__ import annotations
@@ -190,6 +190,7 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
         echo(f"plugins: {names}")
         metrics: list[str] = []
         report: list[str] = []
+        health: list[str] = []
         runner = web.AppRunner(make_app(service, manage_service=False))
         await runner.setup()
         try:
@@ -200,6 +201,7 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
                 await sandbox.dispatcher.drain(timeout_s=20)
                 metrics = await _scrape(service, f"http://{host}:{port}/metrics")
                 report = await _stats(service, f"http://{host}:{port}/stats")
+                health = await _health(service, f"http://{host}:{port}/health")
         finally:
             await runner.cleanup()
             folder.cleanup()
@@ -208,6 +210,10 @@ async def run_demo(echo: Any = click.echo) -> dict[str, int]:
     if report:
         echo("\nmessage store (GET /stats, the store plugin)")
         for line in report:
+            echo(f"  {line}")
+    if health:
+        echo("\nhealth (GET /health)")
+        for line in health:
             echo(f"  {line}")
     if metrics:
         echo("\nmetrics (GET /metrics, the metrics plugin)")
@@ -264,6 +270,18 @@ async def _scrape(service: OmniChannelService, url: str) -> list[str]:
             return []
         text = await response.text()
     return [line for line in text.splitlines() if line.startswith(_SHOWN_METRICS)]
+
+
+async def _health(service: OmniChannelService, url: str) -> list[str]:
+    """One line per plugin section of ``GET /health``: its state and the breakers it reports."""
+    async with service.http.get(url) as response:
+        document = await response.json()
+    lines = []
+    for name, section in document["plugins"].items():
+        state = "degraded" if name in document["degraded"] else "ok"
+        breakers = ", ".join(f"{b['breaker']} {b['state']}" for b in section.get("breakers", ()))
+        lines.append(f"{name}: {state}" + (f" (breakers: {breakers})" if breakers else ""))
+    return lines
 
 
 async def _stats(service: OmniChannelService, url: str) -> list[str]:

@@ -27,6 +27,9 @@ async def test_the_demo_accounts_for_every_message():
     # The store plugin's report (GET /stats) of the demo's temporary message store.
     assert "  messages 12, delivered 11, read" in text
     assert "  error codes: 131026 x1" in text
+    # GET /health: the resilience plugin's breaker closed again after the outage.
+    assert "  resilience: ok (breakers: whatsapp:106540352242922 closed)" in lines
+    assert "  store: ok" in lines
     # The demo's own /metrics, served by the metrics plugin: every message was accepted once.
     assert '  omnichannel_messages_sent_total{channel="whatsapp",sender="106540352242922"} 12.0' in lines
 
