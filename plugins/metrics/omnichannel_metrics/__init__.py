@@ -4,7 +4,8 @@ The outermost ``send`` wrapper (``tryfirst``) times each logical send, retries a
 included; an ``on_event`` listener counts the rest from events (sends and failures, webhook
 statuses, retries, breaker moves, rate-limit waits and deferrals, listener failures), so no other
 plugin is imported. ``omnichannel serve`` serves them at ``/metrics``; a process without a server
-(a worker, the demo) sets ``[plugins.metrics] port`` to serve them itself.
+(a worker, the demo) sets ``[plugins.metrics] port`` to serve them itself (with ``GET /health``,
+the health report, beside them).
 
 Several processes: each has its own registry and its own endpoint, and Prometheus scrapes each
 one (docs/plugins/metrics.md says why this, not prometheus-client's multiprocess mode).
@@ -20,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from omnichannel import Event, Receipt, Route, Sender, hookimpl
+from omnichannel.health import health_report
 
 from .config import MetricsConfig
 from .instruments import BREAKER_STATES, Instruments
@@ -104,6 +106,8 @@ class MetricsPlugin:
             return
         app = web.Application()
         app.router.add_get(config.path, _handler(service))
+        if config.path != "/health":  # a worker's liveness probe, as omnichannel serve answers it
+            app.router.add_get("/health", _health_handler(service))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
@@ -121,6 +125,13 @@ class MetricsPlugin:
         """The port of the service's own metrics server (``port = 0`` picks one), if it runs."""
         runner = self._servers.get(id(service))
         return None if runner is None else bound_port(runner)
+
+
+def _health_handler(service: OmniChannelService) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(await health_report(service))
+
+    return health
 
 
 def bound_port(runner: web.AppRunner) -> int:

@@ -7,6 +7,7 @@ The service runs on a ``FakeClock``: send durations are virtual time, exact to t
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 from collections.abc import Mapping
@@ -491,6 +492,9 @@ async def test_the_standalone_server_on_port_0_serves_the_exposition_and_stops_w
         assert Scrape(body).samples == scrape(service).samples
         assert Scrape(body).get("omnichannel_messages_sent_total", channel=CHANNEL, sender=SENDER) == 1
         assert (await get(f"http://127.0.0.1:{port}/metrics"))[0] == 404  # only the configured path
+        status, content_type, body = await get(f"http://127.0.0.1:{port}/health")  # a worker's probe
+        assert (status, content_type) == (200, "application/json; charset=utf-8")
+        assert json.loads(body) == {"status": "ok", "degraded": [], "plugins": {}}
     assert metrics_plugin.port(service) is None
     with pytest.raises(aiohttp.ClientConnectionError):
         await get(f"http://127.0.0.1:{port}/prom")
