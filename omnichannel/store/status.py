@@ -90,12 +90,18 @@ class StatusState:
         return None
 
 
+_FIELDS = tuple(field.name for field in attrs.fields(StatusState))
+
+
 def fold(state: StatusState, entry: StatusEntry) -> StatusState:
     """``state`` with ``entry`` applied; commutative, associative and idempotent in the entries."""
     name = _FIELD[entry.status]
-    changes: dict[str, Any] = {name: _earliest(getattr(state, name), entry.occurred_at)}
+    # A dict of the fields and one constructor call, not attrs.evolve: the store folds every
+    # message of every batch (evolve inspects the class's fields on each call).
+    values: dict[str, Any] = {field: getattr(state, field) for field in _FIELDS}
+    values[name] = _earliest(values[name], entry.occurred_at)
     if entry.status is DeliveryStatus.READ:
-        changes["delivered_at"] = _earliest(state.delivered_at, entry.occurred_at)
+        values["delivered_at"] = _earliest(state.delivered_at, entry.occurred_at)
     elif entry.status is DeliveryStatus.FAILED:
         mine = (entry.occurred_at, entry.error_code or "", entry.error_detail or "")
         if state.failed_at is None or mine < (
@@ -103,9 +109,9 @@ def fold(state: StatusState, entry: StatusEntry) -> StatusState:
             state.error_code or "",
             state.error_detail or "",
         ):
-            changes["error_code"] = entry.error_code
-            changes["error_detail"] = entry.error_detail
-    return attrs.evolve(state, **changes)
+            values["error_code"] = entry.error_code
+            values["error_detail"] = entry.error_detail
+    return StatusState(**values)
 
 
 def fold_all(entries: Iterable[StatusEntry], state: StatusState | None = None) -> StatusState:
