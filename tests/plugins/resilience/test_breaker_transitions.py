@@ -1,71 +1,26 @@
-"""The circuit breaker building block (shared/resilience.md §1.3, §1.4, scenarios CB-xx), on virtual time."""
+"""The circuit breaker's state machine in consecutive mode, on virtual time.
+
+Outcome classification (shared/resilience.md §1.4), states and gauge numbers (§1.3.1), the transition
+table (§1.3.2), concurrency (§1.3.3) and slow calls; scenarios CB-01..CB-17, CB-21.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from typing import Any
 
-import attrs
 import pytest
+from breaker_support import fail, half_open, make, opened, succeed
 
 from omnichannel import (
     CircuitOpenError,
     ErrorScope,
-    InvalidField,
     PermanentDeliveryError,
     RateLimitedError,
     SenderUnavailableError,
     TransientDeliveryError,
 )
 from omnichannel.testing import FakeClock
-from omnichannel_resilience.breaker import (
-    BreakerConfig,
-    BreakerSnapshot,
-    CircuitBreaker,
-    Outcome,
-    State,
-    classify,
-)
-
-Transitions = list[tuple[State, State]]
-
-
-def make(config: BreakerConfig | None = None) -> tuple[CircuitBreaker, FakeClock, Transitions]:
-    clock = FakeClock()
-    seen: Transitions = []
-    breaker = CircuitBreaker(
-        "whatsapp:106540352242922",
-        config or BreakerConfig(),
-        clock,
-        on_transition=lambda prev, cur: seen.append((prev, cur)),
-    )
-    return breaker, clock, seen
-
-
-def fail(breaker: CircuitBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.acquire().record(Outcome.FAILURE)
-
-
-def succeed(breaker: CircuitBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.acquire().record(Outcome.SUCCESS)
-
-
-def opened() -> tuple[CircuitBreaker, FakeClock, Transitions]:
-    breaker, clock, seen = make()
-    fail(breaker, 5)
-    assert breaker.state is State.OPEN
-    return breaker, clock, seen
-
-
-def half_open() -> tuple[CircuitBreaker, FakeClock, Transitions]:
-    breaker, clock, seen = opened()
-    clock.advance(60)
-    assert breaker.state is State.HALF_OPEN
-    return breaker, clock, seen
-
+from omnichannel_resilience.breaker import BreakerConfig, CircuitBreaker, Outcome, State, classify
 
 # -- classification (§1.4) --------------------------------------------------------------------------
 
@@ -430,117 +385,6 @@ def test_context_manager_classifies() -> None:
     assert breaker.state is State.OPEN
 
 
-# -- admin (rows 16-18, CB-18) -------------------------------------------------------------------------
-
-
-def test_force_open_refuses_until_reset() -> None:
-    breaker, clock, seen = make()
-    breaker.force_open()
-    assert breaker.state.gauge == 2
-    clock.advance(600)
-    assert breaker.state is State.FORCED_OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        breaker.acquire()
-    assert info.value.retry_after == 60.0
-    breaker.reset()
-    assert breaker.state is State.CLOSED
-    assert seen == [(State.CLOSED, State.FORCED_OPEN), (State.FORCED_OPEN, State.CLOSED)]
-
-
-def test_disable_admits_all_and_records_nothing() -> None:
-    breaker, _, _ = opened()
-    breaker.disable()
-    assert breaker.state.gauge == 0
-    fail(breaker, 50)
-    snap = breaker.snapshot()
-    assert (snap.state, snap.failures) == (State.DISABLED, 0)
-
-
-def test_metrics_only_records_without_transition() -> None:
-    breaker, _, seen = make()
-    breaker.metrics_only()
-    fail(breaker, 50)
-    snap = breaker.snapshot()
-    assert (snap.state, snap.failures) == (State.METRICS_ONLY, 50)
-    succeed(breaker)
-    assert breaker.snapshot().failures == 0
-    assert seen == [(State.CLOSED, State.METRICS_ONLY)]
-
-
-def test_metrics_only_reports_the_failure_threshold_once() -> None:
-    kinds: list[str] = []
-    breaker = CircuitBreaker("x", BreakerConfig(), FakeClock(), on_threshold=kinds.append)
-    breaker.metrics_only()
-    fail(breaker, 12)
-    succeed(breaker)
-    fail(breaker, 5)
-    assert kinds == ["failure_threshold"]
-    assert breaker.state is State.METRICS_ONLY
-    breaker.metrics_only()  # a new phase re-arms the report
-    fail(breaker, 5)
-    assert kinds == ["failure_threshold", "failure_threshold"]
-
-
-def test_threshold_is_reported_before_the_transition() -> None:
-    events: list[object] = []
-    breaker = CircuitBreaker(
-        "x",
-        BreakerConfig(),
-        FakeClock(),
-        on_transition=lambda prev, cur: events.append((prev, cur)),
-        on_threshold=events.append,
-    )
-    fail(breaker, 5)
-    assert events == ["failure_threshold", (State.CLOSED, State.OPEN)]
-
-
-def test_reset_clears_counters_and_makes_old_permits_stale() -> None:
-    breaker, _, _ = make()
-    late = breaker.acquire()
-    fail(breaker, 4)
-    breaker.reset()
-    late.record(Outcome.FAILURE)
-    snap = breaker.snapshot()
-    assert (snap.state, snap.failures, snap.generation) == (State.CLOSED, 0, 1)
-
-
-# -- on_transition --------------------------------------------------------------------------------------
-
-
-def test_full_cycle_reports_each_transition_once() -> None:  # CB-19
-    breaker, clock, seen = make()
-    fail(breaker, 5)
-    with pytest.raises(CircuitOpenError):
-        breaker.acquire()
-    clock.advance(60)
-    _ = breaker.state
-    succeed(breaker, 2)
-    assert seen == [
-        (State.CLOSED, State.OPEN),
-        (State.OPEN, State.HALF_OPEN),
-        (State.HALF_OPEN, State.CLOSED),
-    ]
-
-
-def test_listener_error_is_logged_not_propagated(caplog: pytest.LogCaptureFixture) -> None:
-    def boom(previous: State, current: State) -> None:
-        raise RuntimeError("listener bug")
-
-    breaker = CircuitBreaker("x", BreakerConfig(failure_threshold=1), FakeClock(), on_transition=boom)
-    with caplog.at_level(logging.ERROR):
-        fail(breaker)
-    assert breaker.state is State.OPEN
-    assert "listener" in caplog.text
-
-
-def test_breakers_are_independent() -> None:  # CB-22
-    clock = FakeClock()
-    a = CircuitBreaker("whatsapp:1", BreakerConfig(), clock)
-    b = CircuitBreaker("whatsapp:2", BreakerConfig(), clock)
-    fail(a, 5)
-    assert (a.state, b.state) == (State.OPEN, State.CLOSED)
-
-
 # -- slow calls in consecutive mode ----------------------------------------------------------------------
 
 
@@ -577,117 +421,3 @@ def test_count_slow_as_failure_in_half_open() -> None:
     slow_success(breaker, clock, 6.0)  # a slow probe re-opens
     snap = breaker.snapshot()
     assert (snap.state, snap.open_count) == (State.OPEN, 2)
-
-
-# -- snapshot -------------------------------------------------------------------------------------------
-
-
-def test_consecutive_snapshot_has_no_rates() -> None:
-    breaker, _, _ = make()
-    fail(breaker, 3)
-    snap = breaker.snapshot()
-    assert (snap.mode, snap.failure_rate, snap.slow_call_rate, snap.calls_in_window) == (
-        "consecutive",
-        None,
-        None,
-        0,
-    )
-
-
-def test_snapshot_without_the_rate_fields_keeps_working() -> None:
-    snap = BreakerSnapshot("x", State.CLOSED, 0, 0, 0, None, 0, 0, 0)
-    assert (snap.mode, snap.failure_rate, snap.slow_call_rate, snap.calls_in_window) == (
-        "consecutive",
-        None,
-        None,
-        0,
-    )
-
-
-# -- config ---------------------------------------------------------------------------------------------
-
-
-def test_legacy_defaults() -> None:
-    config = BreakerConfig()
-    assert (config.failure_threshold, config.open_s, config.success_threshold, config.half_open_permits) == (
-        5,
-        60.0,
-        2,
-        1,
-    )
-    assert config.half_open_max_s > 0
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field", "message"),
-    [
-        ({"failure_threshold": 0}, "failure_threshold", "must be an integer >= 1, got 0"),
-        ({"success_threshold": -1}, "success_threshold", "must be an integer >= 1, got -1"),
-        ({"half_open_permits": 1.5}, "half_open_permits", "must be an integer >= 1, got 1.5"),
-        ({"open_s": 0}, "open_s", "must be > 0, got 0"),
-        ({"half_open_max_s": -2.0}, "half_open_max_s", "must be > 0, got -2.0"),
-        ({"half_open_retry_hint_s": 0.0}, "half_open_retry_hint_s", "must be > 0, got 0.0"),
-        ({"open_backoff_multiplier": 0.5}, "open_backoff_multiplier", "must be >= 1, got 0.5"),
-        ({"open_s": 120.0}, "max_open_s", "must be >= open_s (120.0), got 60.0"),
-        ({"mode": "ratio"}, "mode", "must be 'consecutive' or 'rate', got 'ratio'"),
-        ({"window_type": "calls"}, "window_type", "must be 'count' or 'time', got 'calls'"),
-        ({"window_size": 0}, "window_size", "must be an integer >= 1, got 0"),
-        ({"window_size": 10.0}, "window_size", "must be an integer >= 1, got 10.0"),
-        ({"minimum_calls": 0}, "minimum_calls", "must be an integer >= 1, got 0"),
-        ({"failure_rate_threshold": 0}, "failure_rate_threshold", "must be > 0 and <= 100, got 0"),
-        ({"failure_rate_threshold": 100.5}, "failure_rate_threshold", "must be > 0 and <= 100, got 100.5"),
-        ({"failure_rate_threshold": True}, "failure_rate_threshold", "must be > 0 and <= 100, got True"),
-        ({"slow_call_duration_s": 0.0}, "slow_call_duration_s", "must be > 0, got 0.0"),
-        ({"slow_call_rate_threshold": -5.0}, "slow_call_rate_threshold", "must be > 0 and <= 100, got -5.0"),
-        ({"slow_call_rate_threshold": 101}, "slow_call_rate_threshold", "must be > 0 and <= 100, got 101"),
-        (
-            {"permitted_calls_in_half_open": 0},
-            "permitted_calls_in_half_open",
-            "must be an integer >= 1, got 0",
-        ),
-        ({"count_slow_as_failure": 1}, "count_slow_as_failure", "must be true or false, got 1"),
-        (
-            {"mode": "rate", "count_slow_as_failure": True},
-            "count_slow_as_failure",
-            "applies to consecutive mode only; rate mode uses slow_call_rate_threshold",
-        ),
-    ],
-)
-def test_config_validation_names_the_field(kwargs: dict[str, Any], field: str, message: str) -> None:
-    with pytest.raises(InvalidField) as info:
-        BreakerConfig(**kwargs)
-    assert info.value.field == field
-    assert str(info.value) == message
-
-
-def test_rate_mode_defaults() -> None:
-    config = BreakerConfig()
-    assert (config.mode, config.window_type, config.window_size, config.minimum_calls) == (
-        "consecutive",
-        "count",
-        100,
-        20,
-    )
-    assert (config.failure_rate_threshold, config.slow_call_duration_s, config.slow_call_rate_threshold) == (
-        50.0,
-        5.0,
-        100.0,
-    )
-    assert (config.permitted_calls_in_half_open, config.count_slow_as_failure) == (10, False)
-    BreakerConfig(failure_rate_threshold=100, slow_call_rate_threshold=0.1)  # bounds are (0, 100]
-
-
-def test_extra_half_open_permits_warn_in_consecutive_mode(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        BreakerConfig(half_open_permits=2, success_threshold=2)
-        BreakerConfig(mode="rate", half_open_permits=5, success_threshold=2)
-    assert caplog.text == ""
-    with caplog.at_level(logging.WARNING):
-        config = BreakerConfig(half_open_permits=3, success_threshold=2)
-    assert config.half_open_permits == 3
-    assert "half_open_permits (3) > success_threshold (2)" in caplog.text
-
-
-def test_config_is_frozen() -> None:
-    with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        BreakerConfig().open_s = 1.0  # type: ignore[misc]
