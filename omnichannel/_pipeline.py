@@ -95,8 +95,13 @@ class SendPipeline:
             "the service is not started: use 'async with OmniChannelService(...)' or 'await service.start()'"
         )
 
-    async def emit(self, event: Event) -> None:
-        """Dispatch ``event`` to every ``on_event`` listener, each isolated from the others."""
+    async def emit(self, event: Event) -> list[ListenerFailed]:
+        """Dispatch ``event`` to every ``on_event`` listener, each isolated from the others.
+
+        :return: the listeners that failed on it (each also logged and emitted as
+            ``ListenerFailed``): empty when every listener handled it. A webhook route
+            answers non-200 then, so that the provider delivers the event again.
+        """
         self.event_stats.dispatched[type(event).__name__] += 1
         self._refresh_caches()
         failures: list[ListenerFailed] = []
@@ -123,6 +128,7 @@ class SendPipeline:
         if not isinstance(event, ListenerFailed):
             for failure in failures:
                 await self.emit(failure)
+        return failures
 
     # ------------------------------------------------------------ sending
     # ------------------------------------------------------------ sending

@@ -23,13 +23,14 @@ ordering is left to whoever stores statuses, so every new event is dispatched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -397,6 +398,10 @@ def parse_notification(
     failed are skipped), ``messages[]`` become ``InboundMessage``, and
     system-level ``errors[]`` are logged. Changes of other fields are skipped.
 
+    A malformed part (an entry, a change or one status or message) is skipped with
+    a warning naming its place, and the rest is read: refusing the whole POST would
+    lose its good events too, since Meta resends the same bytes.
+
     :param data: the JSON body, decoded.
     :param channel: the channel name the events carry.
     :param received_at: the time used when an item has no usable timestamp (default: now).
@@ -412,27 +417,45 @@ def parse_notification(
         raise _bad("", "'entry' is missing or not a list")
     events: list[Event] = []
     for e, raw_entry in enumerate(data["entry"]):
-        entry = _object(raw_entry, f"entry[{e}]")
-        for c, raw_change in enumerate(_list(entry, "changes", f"entry[{e}]")):
-            where = f"entry[{e}].changes[{c}]"
-            change = _object(raw_change, where)
-            field = change.get("field", "messages")
-            if field != "messages":
-                log.debug("%s: skipping a change of field %s", where, _short(field))
-                continue
-            value = _object(change.get("value"), f"{where}.value")
-            where = f"{where}.value"
-            extra = _metadata(value)
-            for s, item in enumerate(_list(value, "statuses", where)):
-                status = _status(item, f"{where}.statuses[{s}]", channel, extra, received_at)
-                if status is not None:
-                    events.append(status)
-            names = _profile_names(value, where)
-            for m, item in enumerate(_list(value, "messages", where)):
-                events.append(_inbound(item, f"{where}.messages[{m}]", channel, extra, names, received_at))
-            for error in _list(value, "errors", where):
-                log.warning("%s: WhatsApp reported an error: %s", where, _error_info(error).detail)
+        with _skipped():
+            entry = _object(raw_entry, f"entry[{e}]")
+            for c, raw_change in enumerate(_list(entry, "changes", f"entry[{e}]")):
+                with _skipped():
+                    events += _change_events(raw_change, f"entry[{e}].changes[{c}]", channel, received_at)
     return events
+
+
+def _change_events(raw_change: object, where: str, channel: str, received_at: datetime) -> list[Event]:
+    change = _object(raw_change, where)
+    field = change.get("field", "messages")
+    if field != "messages":
+        log.debug("%s: skipping a change of field %s", where, _short(field))
+        return []
+    value = _object(change.get("value"), f"{where}.value")
+    where = f"{where}.value"
+    extra = _metadata(value)
+    events: list[Event] = []
+    for s, item in enumerate(_list(value, "statuses", where)):
+        with _skipped():
+            status = _status(item, f"{where}.statuses[{s}]", channel, extra, received_at)
+            if status is not None:
+                events.append(status)
+    names = _profile_names(value, where)
+    for m, item in enumerate(_list(value, "messages", where)):
+        with _skipped():
+            events.append(_inbound(item, f"{where}.messages[{m}]", channel, extra, names, received_at))
+    for error in _list(value, "errors", where):
+        log.warning("%s: WhatsApp reported an error: %s", where, _error_info(error).detail)
+    return events
+
+
+@contextlib.contextmanager
+def _skipped() -> Iterator[None]:
+    """Skip the part being read when it is malformed (a warning says where and why)."""
+    try:
+        yield
+    except WebhookError as exc:
+        log.warning("WhatsApp webhook: skipped %s", exc.detail)
 
 
 # ---------------------------------------------------------------- duplicates
@@ -544,11 +567,19 @@ def make_routes(
                 duplicates += 1
                 continue
             try:
-                await service.emit(event)
+                failed = await service.emit(event)
             except BaseException:
                 # Meta redelivers on a non-200; the redelivery must not be taken for a duplicate.
                 dedup.forget(event)
                 raise
+            if failed:  # a listener (the message store?) did not take it: have Meta send it again
+                dedup.forget(event)
+                plugins = ", ".join(sorted({f.plugin_name for f in failed}))
+                raise WebhookError(
+                    f"a {type(event).__name__} was not handled by {plugins}; "
+                    "the notification must be delivered again",
+                    status=503,
+                )
             dispatched += 1
         if duplicates:
             log.debug("WhatsApp webhook: %d duplicate event(s) dropped", duplicates)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +16,7 @@ from webhook_support import (
     CONVERSATION,
     ERROR_131047,
     MALFORMED,
+    MALFORMED_PARTS,
     METADATA,
     OUT_WAMID,
     PHONE_NUMBER_ID,
@@ -188,6 +190,24 @@ def test_parse_malformed_is_a_400(data, message):
     with pytest.raises(WebhookError, match=message) as info:
         parse_notification(data)
     assert info.value.status == 400
+
+
+GOOD_ID = "wamid.the-good-one"
+
+
+def with_a_good_entry(data):
+    """``data`` plus an entry holding one well-formed status (``GOOD_ID``)."""
+    good = envelope(statuses_value(status("delivered", id_=GOOD_ID)))["entry"][0]
+    return {**data, "entry": [*data["entry"], good]}
+
+
+@pytest.mark.parametrize(("data", "message"), MALFORMED_PARTS)
+def test_parse_skips_a_malformed_part_and_reads_the_rest(data, message, caplog):
+    caplog.set_level(logging.WARNING, logger="omnichannel_whatsapp.webhook")
+    events = parse_notification(with_a_good_entry(data))
+    assert GOOD_ID in [e.provider_message_id for e in events if isinstance(e, StatusChanged)]
+    [warning] = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert re.search(message, warning), warning
 
 
 def _containers(inner):

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from webhook_support import (
     APP_SECRET,
     MALFORMED,
+    MALFORMED_PARTS,
     OUT_WAMID,
     PATH,
     PHONE_NUMBER_ID,
@@ -305,6 +306,45 @@ async def test_malformed_signed_bodies_are_400_never_500(client, recorder, caplo
     assert "refused (400)" in record.getMessage()
     if len(body) > 20:
         assert body.decode(errors="replace")[:40] not in caplog.text
+
+
+@pytest.mark.parametrize(("data", "message"), MALFORMED_PARTS)
+async def test_a_malformed_part_is_skipped_and_the_rest_dispatched(client, recorder, caplog, data, message):
+    caplog.set_level(logging.WARNING)
+    good = envelope(statuses_value(status("delivered", id_="wamid.good")))["entry"][0]
+    response = await post(client, as_meta_sends({**data, "entry": [*data["entry"], good]}))
+    assert response.status == 200
+    assert "wamid.good" in [e.provider_message_id for e in received(recorder) if isinstance(e, StatusChanged)]
+    assert re.search(message, caplog.text)
+
+
+class FailingListener:
+    """A listener that fails on status events while ``down`` (a store that is unavailable)."""
+
+    def __init__(self):
+        self.down = True
+
+    @hookimpl
+    def on_event(self, event):
+        if self.down and isinstance(event, StatusChanged):
+            raise ConnectionError("the message store is unavailable")
+
+
+async def test_a_listener_failure_is_a_503_and_the_redelivery_is_dispatched(recorder, clock):
+    listener = FailingListener()
+    service = make_service(WebhookOnly(CONFIG), recorder, ("store-like", listener), clock=clock)
+    body = as_meta_sends(envelope(statuses_value(status("delivered"))))
+    async with TestClient(TestServer(make_app(service), host="127.0.0.1")) as client:
+        response = await post(client, body)
+        assert response.status == 503
+        error = (await response.json())["error"]
+        assert error["message"] == (
+            "a StatusChanged was not handled by store-like; the notification must be delivered again"
+        )
+        listener.down = False
+        again = await post(client, body)  # Meta's redelivery: not taken for a duplicate
+        assert again.status == 200
+        assert (await again.json())["dispatched"] == 1
 
 
 async def test_body_over_a_mebibyte_is_accepted(client, recorder):

@@ -3,7 +3,8 @@
 Payloads are those of the offline spec (docs section 6), signed as Meta signs
 them: an HMAC-SHA256 of the exact bytes sent, which escape non-ASCII as
 ``\\uXXXX`` and ``/`` as ``\\/``. ``MALFORMED`` lists notifications that must be
-refused with a 400, both by the parser and by the route.
+refused with a 400, both by the parser and by the route; ``MALFORMED_PARTS`` notifications
+whose malformed part is skipped (with a warning) while the rest is read.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ MALFORMED = [
         "'entry' is missing or not a list",
         id="entry-object",
     ),
+]
+
+MALFORMED_PARTS = [
     pytest.param(
         {"object": "whatsapp_business_account", "entry": ["x"]},
         r"entry\[0\]: is not an object",
