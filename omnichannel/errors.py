@@ -185,6 +185,9 @@ class DeliveryError(OmniChannelError):
     :param certainty: whether the provider may have acted on the request.
     :param scope: what the error is about (message, recipient, sender, account, app).
     :param retry_after: seconds the provider asked us to wait, if it said.
+    :param unknown_code: the provider gave a ``code`` the channel does not know (it was
+        classified by the HTTP status alone): a worker dead-letters such a message as
+        ``unknown_error_code``, so that new codes get noticed.
     """
 
     retryable: bool = False
@@ -201,6 +204,7 @@ class DeliveryError(OmniChannelError):
         certainty: Certainty | None = None,
         scope: ErrorScope | None = None,
         retry_after: float | None = None,
+        unknown_code: bool = False,
     ) -> None:
         self.detail = detail
         self.channel = channel
@@ -210,6 +214,7 @@ class DeliveryError(OmniChannelError):
         self.certainty = certainty or self.default_certainty
         self.scope = scope
         self.retry_after = retry_after
+        self.unknown_code = unknown_code
         super().__init__(detail)
 
     def __str__(self) -> str:

@@ -137,6 +137,27 @@ async def test_permanent_error_is_dead_lettered_with_its_details(worker, publish
     )
     assert "recipient is not on WhatsApp" in (letter.error or "")
     assert service.bus.decode(letter.body) == command
+    # The record of resilience.md §1.11: key, channel, sender, attempts, times, HTTP status.
+    assert (letter.idempotency_key, letter.channel, letter.sender, letter.attempts, letter.http_status) == (
+        "perm",
+        "recording",
+        "recording",
+        1,
+        400,
+    )
+    assert (letter.failed_at or "").endswith("+00:00")
+    assert isinstance(letter.first_published_ms, int)
+
+
+async def test_an_unknown_error_code_is_dead_lettered_apart(worker, publish, service, channel, config):
+    channel.fail_next(
+        1, PermanentDeliveryError("(#139999) new", code=139999, http_status=400, unknown_code=True)
+    )
+    await publish.submit(SendMessage(message(key="new-code")), service.bus)
+    [done] = await settled(worker, 1)
+    assert (done.decision.fate, done.decision.reason) == (Fate.DEAD_LETTER, "unknown_error_code")
+    [letter] = await list_dead_letters(config)
+    assert (letter.reason, letter.code, letter.idempotency_key) == ("unknown_error_code", 139999, "new-code")
 
 
 @pytest.mark.parametrize(
@@ -163,7 +184,7 @@ async def test_max_deliveries_dead_letters(worker, publish, service, channel, co
     assert [r.decision.fate for r in results] == [Fate.DEFER, Fate.DEFER, Fate.DEAD_LETTER]
     assert [r.delay_s for r in results] == [0.05, 0.1, None]
     [letter] = await list_dead_letters(config)
-    assert (letter.reason, letter.deliveries) == ("retries_exhausted", 3)
+    assert (letter.reason, letter.deliveries, letter.idempotency_key) == ("retries_exhausted", 3, "flaky")
     assert channel.payloads == []
 
 

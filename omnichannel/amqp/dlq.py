@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .fates import DLQ_HEADERS, RECONCILE_HEADER, REPLAYED_HEADER
+from .fates import DLQ_HEADERS, FIRST_PUBLISHED_HEADER, RECONCILE_HEADER, REPLAYED_HEADER
 from .transport import AmqpTransport, first_published
 
 if TYPE_CHECKING:
@@ -35,6 +35,16 @@ class DeadLetter:
     command: str | None
     """The command's wire name (``send_message``), when the body is a command envelope."""
     body: str
+    http_status: int | None = None
+    idempotency_key: str | None = None
+    channel: str | None = None
+    sender: str | None = None
+    attempts: int | None = None
+    """Attempts of the last delivery's send (retries included), when it reached the channel."""
+    failed_at: str | None = None
+    """When the worker dead-lettered it (ISO 8601, UTC)."""
+    first_published_ms: int | None = None
+    """When the command was first published (UTC epoch milliseconds; ``message_ttl_s`` counts from it)."""
 
 
 def _text(value: object) -> str | None:
@@ -52,16 +62,26 @@ def _dead_letter(incoming: AbstractIncomingMessage) -> DeadLetter:
     except ValueError:
         command = None
     code = headers.get("x-code")
-    deliveries = headers.get("x-deliveries")
     return DeadLetter(
         incoming.message_id,
         _text(headers.get("x-reason")),
         _text(headers.get("x-error")),
         code if isinstance(code, int) else _text(code),
-        deliveries if isinstance(deliveries, int) else 0,
+        _number(headers.get("x-deliveries")) or 0,
         command if isinstance(command, str) else None,
         body,
+        http_status=_number(headers.get("x-http-status")),
+        idempotency_key=_text(headers.get("x-idempotency-key")),
+        channel=_text(headers.get("x-channel")),
+        sender=_text(headers.get("x-sender")),
+        attempts=_number(headers.get("x-attempts")),
+        failed_at=_text(headers.get("x-failed-at")),
+        first_published_ms=_number(headers.get(FIRST_PUBLISHED_HEADER)),
     )
+
+
+def _number(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def _drain(transport: AmqpTransport, limit: int | None) -> list[AbstractIncomingMessage]:

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from ..errors import Certainty, DeliveryError, ErrorScope, SenderUnavailableError
+from ..message import Receipt
 
 __all__ = [
     "DLQ_HEADERS",
@@ -29,10 +30,21 @@ __all__ = [
     "parks_sender",
 ]
 
-DLQ_HEADERS = ("x-reason", "x-error", "x-code", "x-http-status")
-"""Why a message was dead-lettered (or parked)."""
-PARK_HEADERS = (*DLQ_HEADERS, "x-sender", "x-channel")
-"""What a parked message carries, dropped again when it is resumed."""
+DLQ_HEADERS = (
+    "x-reason",
+    "x-error",
+    "x-code",
+    "x-http-status",
+    "x-idempotency-key",
+    "x-channel",
+    "x-sender",
+    "x-attempts",
+    "x-failed-at",
+)
+"""Why, where and when a message was dead-lettered (or parked): resilience.md §1.11. Dropped
+again when it is retried (``dlq retry``) or resumed."""
+PARK_HEADERS = DLQ_HEADERS
+"""What a parked message carries (the same record), dropped again when it is resumed."""
 FIRST_PUBLISHED_HEADER = "x-first-published"
 """When the command was first published (UTC epoch milliseconds): ``message_ttl_s`` counts from
 it, through deferrals and parking; ``dlq retry`` starts it again."""
@@ -70,8 +82,9 @@ class Decision:
 
     fate: Fate
     reason: str | None = None
-    """Dead letter: ``poison_payload``, ``permanent_error``, ``retries_exhausted``,
-    ``ambiguous_policy``, ``failed_before``, ``invalid_message``, ``command_failed``, ``expired``.
+    """Dead letter: ``poison_payload``, ``permanent_error``, ``unknown_error_code``,
+    ``retries_exhausted``, ``ambiguous_policy``, ``failed_before``, ``invalid_message``,
+    ``command_failed``, ``expired``.
     Park: ``sender_unavailable``. Reconcile: ``uncertain``. Sent: ``resent_uncertain`` when an
     uncertain key was resent (a possible duplicate)."""
     error: str | None = None
@@ -85,7 +98,11 @@ class Decision:
     """The ``x-reconcile`` header to republish the message with (see ``RECONCILE_HEADER``)."""
     channel: str | None = None
     sender: str | None = None
-    """Park: the sender whose parked queue takes the message, and its channel."""
+    """The channel and sender of the send (park: whose parked queue takes the message)."""
+    key: str | None = None
+    """The message's idempotency key (a send's dead letter or parking)."""
+    attempts: int | None = None
+    """Attempts of the last delivery's send (retries included), when it reached the channel."""
 
 
 @attrs.frozen
@@ -126,14 +143,23 @@ def classify(exc: DeliveryError, deliveries: int, max_deliveries: int) -> Decisi
     """The fate of a message whose send raised ``exc`` (of a certain outcome) on its
     ``deliveries``-th delivery: park, defer or dead letter. Uncertain outcomes follow the
     ambiguous policy (``Worker``), not this."""
-    common: dict[str, Any] = {"error": one_line(exc), "code": exc.code, "http_status": exc.http_status}
+    receipt = getattr(exc, "receipt", None)  # the failure's receipt, set by service.send
+    common: dict[str, Any] = {
+        "error": one_line(exc),
+        "code": exc.code,
+        "http_status": exc.http_status,
+        "channel": exc.channel,
+        "attempts": receipt.attempts if isinstance(receipt, Receipt) else None,
+    }
     if parks_sender(exc):
-        return Decision(Fate.PARK, "sender_unavailable", channel=exc.channel, **common)
+        return Decision(Fate.PARK, "sender_unavailable", **common)
     if exc.retryable:
         if deliveries >= max_deliveries:
             return Decision(Fate.DEAD_LETTER, "retries_exhausted", **common)
         return Decision(Fate.DEFER, retry_after=exc.retry_after, **common)
-    return Decision(Fate.DEAD_LETTER, "permanent_error", **common)
+    # A code the channel does not know: dead-lettered apart, so that new codes get noticed.
+    reason = "unknown_error_code" if exc.unknown_code else "permanent_error"
+    return Decision(Fate.DEAD_LETTER, reason, **common)
 
 
 def expiry(headers: dict[str, Any], now_ms: int, ttl_s: float) -> Decision | None:

@@ -240,7 +240,8 @@ class Worker:
             headers.update({"x-deliveries": deliveries, "x-error": decision.error or ""})
             await self._republish(incoming, queue, headers)
         elif decision.fate is Fate.DEAD_LETTER:
-            headers.update({"x-deliveries": deliveries})
+            headers = {k: v for k, v in headers.items() if k not in DLQ_HEADERS}
+            headers.update({"x-deliveries": deliveries, "x-failed-at": self._now_iso()})
             headers.update(_reason_headers(decision))
             await self._republish(incoming, self.config.dead_letter_queue, headers)
             log.warning(
@@ -257,8 +258,8 @@ class Worker:
             await self.transport.declare(queue)
             # Not a delivery of its own: x-deliveries stays, so parking costs it no attempt.
             headers = {k: v for k, v in headers.items() if k not in PARK_HEADERS}
+            headers.update({"x-failed-at": self._now_iso()})
             headers.update(_reason_headers(decision))
-            headers.update({"x-sender": decision.sender, "x-channel": decision.channel or ""})
             await self._republish(incoming, queue, headers)
         await incoming.ack()
         if decision.fate is Fate.PARK:
@@ -281,6 +282,9 @@ class Worker:
 
     def _now_ms(self) -> int:
         return round(self.service.clock.now().timestamp() * 1000)
+
+    def _now_iso(self) -> str:
+        return self.service.clock.now().isoformat()
 
     async def _decide(self, body: bytes, deliveries: int, headers: dict[str, Any]) -> Decision:
         expired = expiry(headers, self._now_ms(), self.config.message_ttl_s)
@@ -350,10 +354,11 @@ class Worker:
             raise
         if probe is not None:
             self.parked.end_probe(probe, again_now=not _reached(decision))
-        if decision.fate is Fate.PARK:
+        if decision.fate in (Fate.PARK, Fate.DEAD_LETTER):  # where it was going, for the record
             channel = decision.channel or next(iter(self._route(message)), "")
-            sender = self._sender_of(message, channel)
-            decision = attrs.evolve(decision, channel=channel, sender=sender)
+            sender = decision.sender or self._sender_of(message, channel)
+            decision = attrs.evolve(decision, channel=channel, sender=sender, key=message.key)
+        if decision.fate is Fate.PARK:
             reason = decision.reason or "sender_unavailable"
             await self._park(channel, sender, reason, decision.error, mine=True)
         elif probe is not None and _sender_works(decision):
@@ -574,8 +579,12 @@ def _reason_headers(decision: Decision) -> dict[str, Any]:
         "x-error": decision.error,
         "x-code": decision.code,
         "x-http-status": decision.http_status,
+        "x-idempotency-key": decision.key,
+        "x-channel": decision.channel,
+        "x-sender": decision.sender,
+        "x-attempts": decision.attempts,
     }
-    return {k: v for k, v in headers.items() if v is not None}
+    return {k: v for k, v in headers.items() if v is not None and v != ""}
 
 
 def _reached(decision: Decision) -> bool:
@@ -589,7 +598,7 @@ def _reached(decision: Decision) -> bool:
 def _sender_works(decision: Decision) -> bool:
     """Whether a probe's outcome shows the sender can send: it was accepted, or the provider
     answered about the message itself (a permanent error that is not the sender's)."""
-    return decision.fate is Fate.SENT or decision.reason == "permanent_error"
+    return decision.fate is Fate.SENT or decision.reason in ("permanent_error", "unknown_error_code")
 
 
 def _int(value: object) -> int:

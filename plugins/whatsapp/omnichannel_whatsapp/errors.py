@@ -244,6 +244,7 @@ def classify_graph_error(
         certainty=certainty,
         scope=scope,
         retry_after=retry_after,
+        unknown_code=has_code and rule is None,
     )
 
 

@@ -216,6 +216,12 @@ def test_unknown_4xx_code_is_permanent_for_the_message():
 
     assert type(error) is PermanentDeliveryError
     assert (error.code, error.scope, error.certainty) == (424242, ErrorScope.MESSAGE, Certainty.REJECTED)
+    assert error.unknown_code  # a worker dead-letters it as unknown_error_code
+
+
+@pytest.mark.parametrize(("status", "body"), [(400, envelope(132000)), (400, "Bad Request"), (404, {})])
+def test_a_known_code_or_no_code_is_not_an_unknown_code(status, body):
+    assert not classify_graph_error(status, body, {}).unknown_code
 
 
 @pytest.mark.parametrize(
