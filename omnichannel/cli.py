@@ -9,9 +9,11 @@ message on stderr and exit status 1; a usage error exits with 2.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -47,6 +49,15 @@ class CliState:
         return OmniChannelService(self.config())
 
 
+@contextlib.contextmanager
+def _silenced(logger: logging.Logger) -> Iterator[None]:
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
 class PluginGroup(click.Group):
     """A click group that adds the plugins' commands and turns our errors into messages."""
 
@@ -58,7 +69,8 @@ class PluginGroup(click.Group):
             return commands
         state = CliState(ctx.params.get("config_path"), tuple(ctx.params.get("disable_plugin") or ()))
         try:
-            blocked = state.config().blocked_plugins()
+            with _silenced(logging.getLogger("omnichannel")):  # the command loads it again, and warns
+                blocked = state.config().blocked_plugins()
         except ConfigError:
             # The command itself reports the broken configuration; block what the flag names.
             blocked = ServiceConfig(disabled_plugins=state.disabled).blocked_plugins()

@@ -16,12 +16,15 @@ Each plugin's section ``[plugins.<name>]`` holds two generic keys, ``enabled``
 and ``rollout`` (percent of recipients), and the plugin's own settings, which
 the service checks against the class the plugin declares (``register_config``).
 A plugin's fields may also name legacy environment variables with ``setting(env=...)``.
+The legacy service's feature flags (``WHATSAPP_ENHANCED_ROLLOUT``, ...) are not read:
+when set, each is logged as a warning that says what replaces it.
 
 Every problem is reported at once as a ``ConfigError`` line ``<path>: <problem>``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -46,9 +49,24 @@ __all__ = [
     "structure_plugin_config",
 ]
 
+log = logging.getLogger("omnichannel")
+
 ENV_PREFIX = "OMNICHANNEL_"
 _ENV_ALIASES = {"DISABLE_PLUGINS": "disabled_plugins"}
 _NOT_SETTINGS = frozenset({"CONFIG"})
+
+# The legacy service's feature flags picked between its old and new implementations per
+# request. Nothing here has that meaning (a plugin's ``rollout`` takes recipients off its
+# channel), so mapping them would change what gets sent: they are named, not read.
+_IGNORED_LEGACY_FLAGS = {
+    "WHATSAPP_ENHANCED_ENABLED": "there is no older implementation to fall back to; to turn a plugin "
+    "off, set [plugins.<name>] enabled = false (OMNICHANNEL_PLUGINS__<NAME>__ENABLED)",
+    "WHATSAPP_ENHANCED_ROLLOUT": "set [plugins.<name>] rollout = N (percent of recipients, "
+    "OMNICHANNEL_PLUGINS__<NAME>__ROLLOUT) for the plugins to roll out",
+    "WHATSAPP_COMMANDS_ENABLED": "the command bus is part of the core and always available",
+    "WHATSAPP_EVENT_LISTENERS": "every enabled listener plugin runs; to turn one off, "
+    "set [plugins.<name>] enabled = false",
+}
 
 T = TypeVar("T")
 
@@ -335,9 +353,14 @@ def load_config(
 ) -> ServiceConfig:
     """Read the configuration from the file, the environment and ``overrides`` (see the module doc).
 
+    Logs a warning (logger ``omnichannel``) for each legacy feature flag set in ``environ``.
+
     :raises ConfigError: listing every problem, each with its path.
     """
     environ = os.environ if environ is None else environ
+    for var, instead in _IGNORED_LEGACY_FLAGS.items():
+        if var in environ:
+            log.warning("%s is not read: %s", var, instead)
     file_path = path or environ.get(f"{ENV_PREFIX}CONFIG")
     if file_path is None and Path("omnichannel.toml").is_file():
         file_path = "omnichannel.toml"

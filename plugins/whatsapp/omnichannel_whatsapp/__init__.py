@@ -88,8 +88,14 @@ def runtime(service: OmniChannelService) -> Runtime:
                 if config.redis_url
                 else MemoryTemplateCache(config.template_cache_ttl_s, service.clock)
             )
-            state.registry = TemplateRegistry(state.client.get_json, config.waba_id, state.cache)
+            state.registry = TemplateRegistry(
+                state.client.get_json, config.waba_id, state.cache, clock=service.clock
+            )
     return state
+
+
+RECHECK_AFTER_S = 30.0
+"""A template refused against a list older than this is checked again against a fresh list."""
 
 
 async def _check_template(state: Runtime, message: Message) -> None:
@@ -110,6 +116,16 @@ async def _check_template(state: Runtime, message: Message) -> None:
     else:
         problems = check_template(content, known)
         state.last_check = (content, known, problems)
+    if problems and state.registry.fetched_before(RECHECK_AFTER_S):
+        # The list may predate the template's creation or approval (it is cached for
+        # template_cache_ttl_s): look again, at most once per RECHECK_AFTER_S, before refusing.
+        try:
+            known = await state.registry.templates(refresh=True)
+        except OmniChannelError as exc:
+            log.warning("whatsapp: cannot fetch the templates to check %r again: %s", content.name, exc)
+        else:
+            problems = check_template(content, known)
+            state.last_check = (content, known, problems)
     if problems:
         raise MessageValidationError(problems, message_id=message.id)
 

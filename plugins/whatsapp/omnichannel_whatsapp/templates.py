@@ -30,11 +30,13 @@ from typing import Any, NamedTuple
 import attrs
 
 from omnichannel import (
+    Clock,
     CurrencyParam,
     LocationParam,
     MediaParam,
     Param,
     PermanentDeliveryError,
+    SystemClock,
     Template,
     TextParam,
 )
@@ -366,12 +368,17 @@ class TemplateRegistry:
     :param fetch_page: the Graph client's ``get_json(path_or_url, params)``.
     :param waba_id: the account whose templates are listed; also the cache key.
     :param cache: where the raw list is kept between fetches.
+    :param clock: tells how long ago this registry fetched the list (:meth:`fetched_before`).
     """
 
-    def __init__(self, fetch_page: FetchPage, waba_id: str, cache: TemplateCache) -> None:
+    def __init__(
+        self, fetch_page: FetchPage, waba_id: str, cache: TemplateCache, *, clock: Clock | None = None
+    ) -> None:
         self._fetch_page = fetch_page
         self._waba_id = waba_id
         self._cache = cache
+        self._clock: Clock = clock or SystemClock()
+        self._fetched_at: float | None = None
         self._inflight: asyncio.Task[list[TemplateInfo]] | None = None
         self._parsed: tuple[object, list[TemplateInfo]] | None = None
         """The cached list last parsed, and its parse: a send must not parse every template."""
@@ -429,7 +436,13 @@ class TemplateRegistry:
                 channel="whatsapp",
             )
         await self._cache.put(self._waba_id, raw)
+        self._fetched_at = self._clock.monotonic()
         return _parse_all(raw, warn=True)
+
+    def fetched_before(self, seconds: float) -> bool:
+        """Whether this registry's last fetch is at least ``seconds`` old (or it never fetched:
+        the cached list may come from another process)."""
+        return self._fetched_at is None or self._clock.monotonic() - self._fetched_at >= seconds
 
     async def templates(self, *, refresh: bool = False) -> list[TemplateInfo]:
         """The account's templates: from the cache unless ``refresh`` or it has none.

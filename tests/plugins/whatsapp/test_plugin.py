@@ -201,6 +201,23 @@ async def test_a_template_that_does_not_match_is_refused_before_sending(sandbox)
     assert sandbox.counters() == {"requests": 2, "accepted": 1}
 
 
+async def test_a_template_refused_against_an_old_list_is_checked_again_once():
+    async with Sandbox(sandbox_settings()) as sandbox:
+        hello = next(t for t in sandbox.state.templates if t["name"] == "hello_world")
+        new = Template("hello_again", language="en_US")
+        async with whatsapp_service(sandbox, waba_id=sandbox.settings.waba_id) as service:
+            with pytest.raises(MessageValidationError):  # not in the list fetched just now
+                await service.send(Message(RECIPIENT, new, channel="whatsapp"))
+            # Created and approved meanwhile; the list the plugin has is 0 s old: not fetched again.
+            sandbox.state.templates.append({**hello, "id": "1059231765379999", "name": "hello_again"})
+            with pytest.raises(MessageValidationError):
+                await service.send(Message(RECIPIENT, new, channel="whatsapp"))
+            service.clock.advance(omnichannel_whatsapp.RECHECK_AFTER_S)
+            receipt = await service.send(Message(RECIPIENT, new, channel="whatsapp"))
+        assert receipt.ok
+        assert sandbox.state.counters["requests"] == 3  # two template listings and the send
+
+
 async def test_a_campaign_shares_one_template_check_and_still_refuses_every_message(sandbox, monkeypatch):
     checks = []
     real_check = omnichannel_whatsapp.check_template
