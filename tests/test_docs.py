@@ -214,7 +214,14 @@ def _relative_links() -> list[tuple[Path, str]]:
 
 def test_docs_exist():
     names = {p.relative_to(DOCS).as_posix() for p in MARKDOWN}
-    for wanted in ("index.md", "quickstart.md", "plugins/hooks.md", "plugins/writing.md"):
+    for wanted in (
+        "index.md",
+        "quickstart.md",
+        "plugins/hooks.md",
+        "plugins/writing.md",
+        "ops/circuit-breaker-runbook.md",
+        "ops/deployment.md",
+    ):
         assert wanted in names
 
 

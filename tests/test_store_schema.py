@@ -287,3 +287,34 @@ async def test_concurrent_writers_keep_the_aggregates(make):
     assert stats.total == 34
     assert stats.delivered == sum(1 for record in records if record.status in (D, R))
     assert stats.to_delivered.count == sum(1 for record in records if record.delivered_at is not None)
+
+
+async def test_a_role_without_create_can_use_a_current_postgres_schema(pg_schema):  # noqa: F811
+    # Migrations run where the schema may change (`db upgrade`); the service's role only reads and writes.
+    owner = PostgresMessageStore(PG_URL, clock=SetClock(T0), schema=pg_schema, pool_size=1)
+    assert await owner.upgrade() == LATEST_VERSION
+    await owner.close()
+    role = f"omnichannel_test_{pg_schema[-12:]}"
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f'GRANT USAGE ON SCHEMA "{pg_schema}" TO {role}')
+        await admin.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{pg_schema}" TO {role}'
+        )
+        await admin.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{pg_schema}" TO {role}')
+        await admin.execute(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "{pg_schema}" TO {role}')
+        url = PG_URL.replace("postgres@", f"{role}@", 1)
+        store = PostgresMessageStore(url, clock=SetClock(T0), schema=pg_schema, pool_size=1)
+        try:
+            await store.record_send(
+                message_id="m1", channel="whatsapp", status=A, at=at(0), provider_message_id="p1"
+            )
+            await store.record_status(channel="whatsapp", provider_message_id="p1", status=D, at=at(2))
+            assert (await store.get("m1")).status is D
+        finally:
+            await store.close()
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()

@@ -26,7 +26,7 @@ from ..errors import StoreError
 from ..message import DeliveryStatus
 from ..urls import printable_url
 from . import MessageRecord, SendRecord, StatusUpdate
-from .migrations import MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
+from .migrations import LATEST_VERSION, MESSAGE_COLUMNS, SCHEMA_VERSION_TABLE, pending
 from .postgres_sends import Raced, lock_sends, write_send, write_sends
 from .postgres_statuses import write_status, write_statuses
 from .postgres_writes import read_history
@@ -224,13 +224,7 @@ class PostgresMessageStore:
         """See :meth:`MessageStore.schema_version`: read without migrating (0 when the schema or
         its ``schema_version`` table does not exist; neither is created)."""
         pool = await self._connected(migrate=False)
-
-        async def run(conn: Any) -> int:
-            if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
-                return 0
-            return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
-
-        return await self._run("schema_version", run, pool=pool)
+        return await self._run("schema_version", _read_version, pool=pool)
 
     async def rebuild_aggregates(self) -> None:
         """Recount the aggregates from ``messages`` (one transaction, under the migration lock):
@@ -316,7 +310,10 @@ class PostgresMessageStore:
             if migrate and not self._migrated:
                 try:
                     async with self._pool.acquire() as conn:
-                        await self._migrate(conn)
+                        # Read first: a current schema needs no DDL, so a role without CREATE
+                        # on the schema can run the service once `db upgrade` was run.
+                        if await _read_version(conn) < LATEST_VERSION:
+                            await self._migrate(conn)
                 except BaseException as exc:
                     pool, self._pool = self._pool, None
                     await pool.close()
@@ -344,3 +341,10 @@ class PostgresMessageStore:
             raise StoreError(
                 f"message store {where!r} cannot be opened ({type(exc).__name__}: {exc})"
             ) from exc
+
+
+async def _read_version(conn: Any) -> int:
+    """The schema's version, read without writing (0 when it has no ``schema_version`` table)."""
+    if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeAlias
 
-from omnichannel import Clock, DeliveryFailed, Event, MessageSent, Route, StatusChanged, hookimpl
+from omnichannel import Clock, DeliveryFailed, Event, MessageSent, Route, StatusChanged, StoreError, hookimpl
 
 from .config import DEFAULT_URL, StoreConfig, display_url
 from .writer import GroupWriter, Recorded, record
@@ -79,6 +79,25 @@ def _open_configured_store(url: str, clock: Clock) -> MessageStore | Awaitable[M
     return store
 
 
+async def _require_current_schema(store: MessageStore, config: StoreConfig) -> None:
+    """Without ``upgrade_on_start`` the schema must be current already (``omnichannel db upgrade``
+    ran in the deployment); otherwise the store is closed and the start refused."""
+    from omnichannel.store.migrations import LATEST_VERSION  # type: ignore[import-not-found, unused-ignore]
+
+    try:
+        version = await store.schema_version()
+    except BaseException:
+        await store.close()
+        raise
+    if version < LATEST_VERSION:
+        await store.close()
+        raise StoreError(
+            f"the message store {display_url(config.url)} is at schema version {version} and this "
+            f"release needs {LATEST_VERSION}: run 'omnichannel db upgrade' first "
+            "(or set [plugins.store] upgrade_on_start = true)"
+        )
+
+
 def message_store(service: OmniChannelService) -> MessageStore | None:
     """The service's open store, or ``None`` before ``startup`` (or when the plugin is off)."""
     store: MessageStore | None = service.state.get(PLUGIN_NAME)
@@ -116,6 +135,8 @@ class StorePlugin:
                 await store.close()
                 raise
             log.info("message store %s at schema version %d", display_url(config.url), version)
+        else:
+            await _require_current_schema(store, config)
         if config.retention_days is not None:
             try:
                 await _apply_retention(store, service, config.retention_days)

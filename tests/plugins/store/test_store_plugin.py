@@ -27,6 +27,7 @@ from omnichannel import (
     ListenerFailed,
     Message,
     PermanentDeliveryError,
+    PluginError,
     PluginSettings,
     ServiceConfig,
     StatusChanged,
@@ -338,9 +339,16 @@ def test_intervals_and_batches_must_be_positive(settings: dict[str, Any], messag
         make_service(("store", StorePlugin()), config=config(**settings))
 
 
-async def test_startup_without_upgrade(factory: Factory) -> None:
+async def test_startup_without_upgrade_needs_a_current_schema(factory: Factory) -> None:
+    service = make_service(("store", StorePlugin(factory)), config=config(upgrade_on_start=False))
+    with pytest.raises(
+        PluginError, match=r"at schema version 0 and this release needs \d+: run 'omnichannel db up"
+    ):
+        await service.start()
+    assert (factory.store.upgrades, factory.store.closed) == (0, True)
+    factory.store.upgrades = 1  # `omnichannel db upgrade` ran
     async with make_service(("store", StorePlugin(factory)), config=config(upgrade_on_start=False)):
-        assert factory.store.upgrades == 0
+        assert factory.store.upgrades == 1  # not upgraded again
 
 
 async def test_async_factory_is_awaited() -> None:
@@ -499,8 +507,8 @@ async def test_health_reports_the_store_and_its_schema(factory: Factory, channel
         "latest_version": LATEST_VERSION,
         "degraded": False,
     }
-    not_upgraded = ("store", StorePlugin(Factory()))
-    async with make_service(channel, not_upgraded, config=config(upgrade_on_start=False)) as service:
+    async with make_service(channel, plugin) as service:
+        factory.store.upgrades = 0  # the database was restored from an older backup meanwhile
         report = await health_report(service)
     assert report["plugins"]["store"]["schema_version"] == 0
     assert report["degraded"] == ["store"]
