@@ -82,7 +82,10 @@ TEMPLATE_BODY_MAX = 1024
 # between and after placeholders, so a 1024-character body holds at most 170 of them.
 BODY_PARAMS_MAX = (TEMPLATE_BODY_MAX - 1) // 6
 
-_RECIPIENT = re.compile(r"\+?[0-9]+")
+_RECIPIENT = re.compile(r"\+?[0-9][0-9 ()\-]*")
+"""Digits after an optional ``+``; spaces, hyphens and parentheses are tolerated, as Meta does
+(the payload sends the digits alone)."""
+_SEPARATORS = re.compile(r"[ ()\-]")
 _RECIPIENT_DIGITS = (8, 15)
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_]+")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
@@ -158,11 +161,11 @@ def _recipient_problems(recipient: str) -> Iterator[str]:
         return  # the core reports an empty recipient
     if not _RECIPIENT.fullmatch(recipient):
         yield (
-            f"recipient: must be an E.164 phone number such as +16505551234"
-            f" (digits only after an optional '+'), got {recipient!r}"
+            f"recipient: must be an E.164 phone number such as +16505551234 (digits after an"
+            f" optional '+'; spaces, hyphens and parentheses are ignored), got {recipient!r}"
         )
         return
-    digits = recipient.removeprefix("+")
+    digits = _SEPARATORS.sub("", recipient.removeprefix("+"))
     low, high = _RECIPIENT_DIGITS
     if not low <= len(digits) <= high:
         yield f"recipient: {len(digits)} digits, an E.164 number has {low} to {high} (country code included)"

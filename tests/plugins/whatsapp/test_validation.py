@@ -102,7 +102,10 @@ def test_reply_to_and_a_long_id_within_the_callback_limit_are_fine():
 # ---------------------------------------------------------------- envelope
 
 
-@pytest.mark.parametrize("recipient", ["+16505551234", "16505551234", "+4930123456", "+123456789012345"])
+@pytest.mark.parametrize(
+    "recipient",
+    ["+16505551234", "16505551234", "+4930123456", "+123456789012345", "+1 (650) 555-1234", "49 30 123456"],
+)
 def test_e164_recipients_pass(recipient):
     assert problems(Text("hi"), recipient=recipient) == []
 
@@ -111,19 +114,20 @@ def test_e164_recipients_pass(recipient):
     ("recipient", "problem"),
     [
         (
-            "+1 (650) 555-1234",
-            "recipient: must be an E.164 phone number such as +16505551234"
-            " (digits only after an optional '+'), got '+1 (650) 555-1234'",
+            "+1.650.555.1234",
+            "recipient: must be an E.164 phone number such as +16505551234 (digits after an"
+            " optional '+'; spaces, hyphens and parentheses are ignored), got '+1.650.555.1234'",
         ),
+        ("+1 (650) 555", "recipient: 7 digits, an E.164 number has 8 to 15 (country code included)"),
         (
             "ann@example.com",
-            "recipient: must be an E.164 phone number such as +16505551234"
-            " (digits only after an optional '+'), got 'ann@example.com'",
+            "recipient: must be an E.164 phone number such as +16505551234 (digits after an"
+            " optional '+'; spaces, hyphens and parentheses are ignored), got 'ann@example.com'",
         ),
         (
             "+١٦٥٠٥٥٥١٢٣٤",
-            "recipient: must be an E.164 phone number such as +16505551234"
-            " (digits only after an optional '+'), got '+١٦٥٠٥٥٥١٢٣٤'",
+            "recipient: must be an E.164 phone number such as +16505551234 (digits after an"
+            " optional '+'; spaces, hyphens and parentheses are ignored), got '+١٦٥٠٥٥٥١٢٣٤'",
         ),
         ("+1234567", "recipient: 7 digits, an E.164 number has 8 to 15 (country code included)"),
         ("1234567890123456", "recipient: 16 digits, an E.164 number has 8 to 15 (country code included)"),
