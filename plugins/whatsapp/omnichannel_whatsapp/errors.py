@@ -117,7 +117,7 @@ GRAPH_ERROR_CODES: Mapping[int, GraphErrorRule] = {
     131056: _throttled(_RECIPIENT),  # (business, consumer) pair rate limit: that recipient only
     131048: _throttled(_SENDER, 15 * _MINUTE),  # spam rate limit: quality restriction of the number
     131049: _throttled(_RECIPIENT, 24 * _HOUR),  # per-user marketing cap (>= 24 h for that user)
-    131064: _throttled(_ACCOUNT),  # messaging limit after template-classification violations
+    131064: _throttled(_ACCOUNT, _HOUR),  # messaging limit after template-classification violations: long
     132069: _throttled(_MESSAGE, _HOUR),  # flow throttled: 10 messages with this flow in the last hour
     133016: _throttled(_SENDER),  # register/deregister rate limit of the number
     # -- sender unusable (retry "N"/"L" by an operator): park the sender's messages.

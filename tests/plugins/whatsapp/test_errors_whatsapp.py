@@ -75,6 +75,7 @@ CODES = [
     (131048, 400, RateLimitedError, S, REJ),
     (131049, 400, RateLimitedError, R, REJ),
     (132069, 400, RateLimitedError, M, REJ),
+    (131064, 400, RateLimitedError, A, REJ),
     # sender unusable
     (0, 401, SenderUnavailableError, S, REJ),
     (3, 500, SenderUnavailableError, C, REJ),
@@ -127,7 +128,7 @@ def test_graph_codes_are_classified_by_the_table(code, status, cls, scope, certa
 
 
 # Cool-downs Meta documents but does not send: the least retry_after of these codes.
-DOCUMENTED_WAITS = {132015: 3600.0, 131048: 900.0, 131049: 86400.0, 132069: 3600.0}
+DOCUMENTED_WAITS = {132015: 3600.0, 131048: 900.0, 131049: 86400.0, 132069: 3600.0, 131064: 3600.0}
 
 
 def test_a_longer_retry_after_from_meta_wins_over_the_documented_wait():
