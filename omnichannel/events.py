@@ -29,6 +29,7 @@ __all__ = [
     "InboundMessage",
     "ListenerFailed",
     "MessageSent",
+    "MessageSettled",
     "PossibleDuplicateSend",
     "RetryScheduled",
     "SendLimited",
@@ -182,6 +183,25 @@ class SenderParked(Event):
     sender: str
     reason: str
     error: str | None = None
+
+
+@attrs.frozen
+class MessageSettled(Event):
+    """A queue worker recorded the fate of one queue message (and acked it).
+
+    ``fate`` is the worker's: ``sent``, ``already_sent`` (its key was sent before: a duplicate
+    suppressed), ``reconciled`` (a status webhook settled its uncertain key), ``defer``,
+    ``reconcile`` (both deferrals), ``dead_letter`` or ``parked``; ``reason`` the dead letter's,
+    parking's or resend's reason. ``age_s`` is the time since the command was first published
+    (``x-first-published``): for a final fate, how long delivery took. ``channel`` is the first
+    channel of the message's route (empty for a command that is not a send).
+    """
+
+    message_id: str | None
+    channel: str
+    fate: str
+    reason: str | None = None
+    age_s: float | None = None
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from test_amqp_transport import amqp_config
 
-from omnichannel import Message, OmniChannelService, Text
+from omnichannel import Message, MessageSettled, OmniChannelService, Text
 from omnichannel.amqp import (
     AmqpTransport,
     Fate,
@@ -30,7 +30,7 @@ from omnichannel.errors import (
     TransientDeliveryError,
 )
 from omnichannel.idempotency import KeyState, MemoryKeyStore
-from omnichannel.testing import FakeClock, RecordingChannel
+from omnichannel.testing import EventRecorder, FakeClock, RecordingChannel
 
 TIMEOUT = 10.0
 
@@ -237,6 +237,23 @@ async def test_send_bulk_fans_out_one_message_per_recipient(worker, publish, ser
     results = await settled(worker, 8)
     assert sorted(r.decision.fate for r in results).count(Fate.SENT) == 5  # 2 bulk + 3 sends
     assert sorted(p.recipient for p in channel.payloads) == ["+1", "+2", "+3"]
+
+
+async def test_every_message_fate_is_an_event_but_not_a_bulk_fan_out(config, keys, channel, publish):
+    events = EventRecorder()
+    async with OmniChannelService(plugins=[channel, events], load_entrypoints=False) as service:
+        worker = Worker(service, config, keys)
+        await worker.start()
+        try:
+            bulk = SendBulk(["+1", "+2"], Text("hi"), channel="recording", campaign_id="c2")
+            await publish.submit(bulk, service.bus)
+            await publish.submit(SendMessage(message("+3", key="c2:+1")), service.bus)  # a duplicate key
+            await settled(worker, 4)
+        finally:
+            await worker.stop()
+    fates = sorted((e.channel, e.fate) for e in events.of_type(MessageSettled))
+    assert fates == [("recording", "already_sent"), ("recording", "sent"), ("recording", "sent")]
+    assert all(e.age_s is not None and e.age_s >= 0 for e in events.of_type(MessageSettled))
 
 
 async def test_stop_requeues_what_cannot_finish(service, config, keys, channel, publish):

@@ -40,7 +40,7 @@ from ..errors import (
     MessageValidationError,
     UnknownChannelError,
 )
-from ..events import PossibleDuplicateSend, SenderParked, SenderResumed
+from ..events import MessageSettled, PossibleDuplicateSend, SenderParked, SenderResumed
 from ..idempotency import KeyState
 from .fates import (
     DLQ_HEADERS,
@@ -270,6 +270,18 @@ class Worker:
             else:  # resumed while it was being parked: it must not stay behind
                 self._move_back(decision.sender)
         self.counts[decision.fate] += 1
+        # A message's fate (a command that only ran, such as a SendBulk fan-out, is not one).
+        if decision.key is not None or decision.fate is not Fate.SENT:
+            await self.service.emit(
+                MessageSettled(
+                    incoming.message_id,
+                    decision.channel or "",
+                    decision.fate.value,
+                    decision.reason,
+                    _age_s(headers, self._now_ms()),
+                    occurred_at=self.service.clock.now(),
+                )
+            )
         async with self._changed:
             self.settled.append(Settled(incoming.message_id, decision, deliveries, delay_s))
             self._changed.notify_all()
@@ -354,13 +366,15 @@ class Worker:
             raise
         if probe is not None:
             self.parked.end_probe(probe, again_now=not _reached(decision))
-        if decision.fate in (Fate.PARK, Fate.DEAD_LETTER):  # where it was going, for the record
-            channel = decision.channel or next(iter(self._route(message)), "")
-            sender = decision.sender or self._sender_of(message, channel)
-            decision = attrs.evolve(decision, channel=channel, sender=sender, key=message.key)
+        # Where it was going, for the record (DLQ headers, MessageSettled).
+        channel = decision.channel or next(iter(self._route(message)), "")
+        decision = attrs.evolve(decision, channel=channel, key=message.key)
+        if decision.fate in (Fate.PARK, Fate.DEAD_LETTER):
+            decision = attrs.evolve(decision, sender=decision.sender or self._sender_of(message, channel))
         if decision.fate is Fate.PARK:
+            assert decision.sender is not None
             reason = decision.reason or "sender_unavailable"
-            await self._park(channel, sender, reason, decision.error, mine=True)
+            await self._park(channel, decision.sender, reason, decision.error, mine=True)
         elif probe is not None and _sender_works(decision):
             await self._resume(probe, "probe", mine=True)
         return decision
@@ -599,6 +613,12 @@ def _sender_works(decision: Decision) -> bool:
     """Whether a probe's outcome shows the sender can send: it was accepted, or the provider
     answered about the message itself (a permanent error that is not the sender's)."""
     return decision.fate is Fate.SENT or decision.reason in ("permanent_error", "unknown_error_code")
+
+
+def _age_s(headers: dict[str, Any], now_ms: int) -> float | None:
+    """Seconds since the command was first published (``x-first-published``), if it says."""
+    first = headers.get(FIRST_PUBLISHED_HEADER)
+    return max(now_ms - first, 0) / 1000 if isinstance(first, int) else None
 
 
 def _int(value: object) -> int:

@@ -26,6 +26,7 @@ from omnichannel import (
     ListenerFailed,
     Message,
     MessageSent,
+    MessageSettled,
     PossibleDuplicateSend,
     RetryScheduled,
     SenderParked,
@@ -55,6 +56,25 @@ BREAKER_STATES = {
 """``circuit_breaker_state`` values: 0 closed, 1 half-open, 2 open (the legacy alert fires on 2)."""
 
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0)
+DELIVERY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
+"""Publish to final fate, through deferrals, parking and reconcile windows: seconds to a day."""
+
+_FATES = {
+    "sent": "sent",
+    "already_sent": "sent",
+    "reconciled": "sent",
+    "defer": "deferred",
+    "reconcile": "deferred",
+    "dead_letter": "dead_letter",
+    "parked": "parked",
+}
+"""A worker's fate as ``message_fate_total`` counts it (resilience.md §2.4)."""
+_RESOLUTIONS = {
+    ("reconciled", None): "webhook",
+    ("sent", "resent_uncertain"): "resent",
+    ("dead_letter", "ambiguous_policy"): "dead_letter",
+}
+"""(fate, reason) of the end of an uncertain send, as ``ambiguous_outcomes_total`` names it."""
 """Seconds an attempt waited for a rate limit (waits beyond ``max_wait_sender_s`` are deferrals)."""
 
 
@@ -152,6 +172,30 @@ class Instruments:
             "1 while a queue worker parks the messages of (channel, sender), 0 once resumed.",
             ("channel", "sender"),
         )
+        self.fates = counter(
+            "message_fate_total",
+            "Queue messages whose fate a worker recorded: sent, deferred, dead_letter, parked.",
+            ("channel", "fate"),
+        )
+        self.dead_letters = counter(
+            "dead_letter_total", "Queue messages dead-lettered, by reason.", ("channel", "reason")
+        )
+        self.idempotency_hits = counter(
+            "idempotency_hits_total",
+            "Queue messages not sent because their idempotency key was sent already.",
+            ("channel", "state"),
+        )
+        self.ambiguous = counter(
+            "ambiguous_outcomes_total",
+            "Uncertain sends, by how they ended: webhook (settled), resent, dead_letter.",
+            ("channel", "resolution"),
+        )
+        self.delivery = histogram(
+            "message_delivery_seconds",
+            "From a command's first publish to its message's final fate (sent, dead_letter).",
+            ("channel", "fate"),
+            DELIVERY_BUCKETS,
+        )
         self.events = counter(
             "events_total", "Events dispatched to the listeners, by event class.", ("event",)
         )
@@ -177,6 +221,7 @@ class Instruments:
             ListenerFailed: self._listener_failed,
             TemplateUsed: self._template,
             PossibleDuplicateSend: self._possible_duplicate,
+            MessageSettled: self._settled,
             SenderParked: self._parked,
             SenderResumed: self._resumed,
         }
@@ -268,6 +313,19 @@ class Instruments:
 
     def _possible_duplicate(self, event: PossibleDuplicateSend) -> None:
         self.possible_duplicates.inc((self._channel(event.channel),))
+
+    def _settled(self, event: MessageSettled) -> None:
+        channel, fate = self._channel(event.channel), _FATES.get(event.fate, event.fate)
+        self.fates.inc((channel, fate))
+        if event.fate == "dead_letter":
+            self.dead_letters.inc((channel, event.reason or "unknown"))
+        elif event.fate == "already_sent":
+            self.idempotency_hits.inc((channel, "sent"))
+        resolution = _RESOLUTIONS.get((event.fate, event.reason))
+        if resolution is not None:
+            self.ambiguous.inc((channel, resolution))
+        if fate in ("sent", "dead_letter") and event.age_s is not None:
+            self.delivery.observe((channel, fate), event.age_s)
 
     def _parked(self, event: SenderParked) -> None:
         self.parked.set((self._channel(event.channel), event.sender), 1)

@@ -30,6 +30,7 @@ from omnichannel import (
     ListenerFailed,
     Message,
     MessageSent,
+    MessageSettled,
     OmniChannelService,
     PermanentDeliveryError,
     PluginSettings,
@@ -215,7 +216,62 @@ EVENT_CASES = [
         {k(f"sender_parked {LIMITED}"): 1},
         id="SenderParked",
     ),
+    pytest.param(
+        MessageSettled("m-1", CHANNEL, "dead_letter", "unknown_error_code"),
+        {
+            k(f"message_fate_total channel={CHANNEL} fate=dead_letter"): 1,
+            k(f"dead_letter_total channel={CHANNEL} reason=unknown_error_code"): 1,
+        },
+        id="MessageSettled-dead-letter",
+    ),
+    pytest.param(
+        MessageSettled("m-1", CHANNEL, "already_sent"),
+        {
+            k(f"message_fate_total channel={CHANNEL} fate=sent"): 1,
+            k(f"idempotency_hits_total channel={CHANNEL} state=sent"): 1,
+        },
+        id="MessageSettled-already-sent",
+    ),
+    pytest.param(
+        MessageSettled("m-1", CHANNEL, "reconciled"),
+        {
+            k(f"message_fate_total channel={CHANNEL} fate=sent"): 1,
+            k(f"ambiguous_outcomes_total channel={CHANNEL} resolution=webhook"): 1,
+        },
+        id="MessageSettled-reconciled",
+    ),
+    pytest.param(
+        MessageSettled("m-1", CHANNEL, "sent", "resent_uncertain"),
+        {
+            k(f"message_fate_total channel={CHANNEL} fate=sent"): 1,
+            k(f"ambiguous_outcomes_total channel={CHANNEL} resolution=resent"): 1,
+        },
+        id="MessageSettled-resent",
+    ),
+    pytest.param(
+        MessageSettled("m-1", CHANNEL, "reconcile", "uncertain"),
+        {k(f"message_fate_total channel={CHANNEL} fate=deferred"): 1},
+        id="MessageSettled-reconcile-window",
+    ),
+    pytest.param(
+        MessageSettled("m-1", "", "parked", "sender_unavailable"),
+        {k("message_fate_total channel=unknown fate=parked"): 1},
+        id="MessageSettled-parked",
+    ),
 ]
+
+
+async def test_the_delivery_histogram_takes_final_fates_from_their_first_publish() -> None:
+    async with metrics_service(RecordingChannel()) as service:
+        await service.emit(MessageSettled("m-1", CHANNEL, "sent", age_s=0.3))
+        await service.emit(MessageSettled("m-2", CHANNEL, "defer", age_s=0.3))  # not final
+        await service.emit(MessageSettled("m-3", CHANNEL, "dead_letter", "expired", age_s=90_000.0))
+        metrics = scrape(service)
+    delivery = "omnichannel_message_delivery_seconds"
+    assert metrics.get(f"{delivery}_count", channel=CHANNEL, fate="sent") == 1
+    assert metrics.get(f"{delivery}_bucket", channel=CHANNEL, fate="sent", le="0.5") == 1
+    assert metrics.get(f"{delivery}_sum", channel=CHANNEL, fate="dead_letter") == 90_000.0
+    assert metrics.get(f"{delivery}_count", channel=CHANNEL, fate="deferred") is None
 
 
 async def test_the_parked_gauge_returns_to_0_when_the_sender_resumes() -> None:
