@@ -178,7 +178,9 @@ def test_only_exported_metrics_are_queried(source, text):
 def test_the_dashboard_shows_every_metric():
     """A metric added to the plugin gets a panel (or is listed here with the reason it has none)."""
     shown = {family(name) for name in METRIC.findall("\n".join(queries(load_dashboard())))}
-    missing = sorted({family(name) for name in exported()} - shown)
+    # The legacy PHP names repeat circuit_breaker_state and messages_failed for old alerts only.
+    legacy = {"whatsapp_circuit_breaker_state", "whatsapp_errors"}
+    missing = sorted({family(name) for name in exported()} - shown - legacy)
     assert not missing, f"metrics without a panel in {DASHBOARD.name}: {missing}"
 
 

@@ -53,6 +53,10 @@ class MetricsConfig:
     :param host: the address of that server.
     :param path: where the metrics are served, on ``omnichannel serve`` and on ``port``.
     :param latency_buckets: the upper bounds (seconds) of the send latency histogram.
+    :param legacy_names: also export the legacy PHP service's series for the ``whatsapp``
+        channel, ``whatsapp_circuit_breaker_state{sender}`` (0/1/2, as
+        ``circuit_breaker_state``) and ``whatsapp_errors_total`` (failed sends), so that its
+        alerts and scrape filters (``whatsapp_.*``) keep working until they are migrated.
     :param max_codes: provider error codes kept as distinct label values per channel; later
         ones are counted as ``other`` (label cardinality stays bounded).
     """
@@ -63,3 +67,4 @@ class MetricsConfig:
     path: str = attrs.field(default="/metrics", validator=_path)
     latency_buckets: tuple[float, ...] = attrs.field(default=DEFAULT_LATENCY_BUCKETS, validator=_buckets)
     max_codes: int = attrs.field(default=50, validator=_at_least_one)
+    legacy_names: bool = True

@@ -56,6 +56,10 @@ BREAKER_STATES = {
 """``circuit_breaker_state`` values: 0 closed, 1 half-open, 2 open (the legacy alert fires on 2)."""
 
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0)
+LEGACY_CHANNEL = "whatsapp"
+LEGACY_STATE = "whatsapp_circuit_breaker_state"
+LEGACY_ERRORS = "whatsapp_errors_total"
+"""The legacy PHP service's series (its alerts: state == 2 for 5 m; rate of errors > 0.05/s)."""
 DELIVERY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
 """Publish to final fate, through deferrals, parking and reconcile windows: seconds to a day."""
 
@@ -199,6 +203,16 @@ class Instruments:
         self.events = counter(
             "events_total", "Events dispatched to the listeners, by event class.", ("event",)
         )
+        self.legacy_state: GaugeFamily | None = None
+        self.legacy_errors: CounterFamily | None = None
+        if config.legacy_names and p != "whatsapp":  # the PHP service's names (resilience.md §2)
+            families.append(
+                state := GaugeFamily(
+                    LEGACY_STATE, "Legacy name of circuit_breaker_state for whatsapp (0/1/2).", ("sender",)
+                )
+            )
+            families.append(errors := CounterFamily(LEGACY_ERRORS, "Legacy name: failed whatsapp sends.", ()))
+            self.legacy_state, self.legacy_errors = state, errors
         self.listener_failures = counter(
             "listener_failures_total", "Event listeners that raised, by plugin.", ("plugin",)
         )
@@ -284,6 +298,8 @@ class Instruments:
         kind = error.kind if error is not None else "DeliveryError"
         code = self.code(channel, error.code if error is not None else None)
         self.failed.inc((channel, sender, kind, code))
+        if self.legacy_errors is not None and channel == LEGACY_CHANNEL:
+            self.legacy_errors.inc(())
         if receipt.attempts:
             self.attempts.inc((channel,), receipt.attempts)
 
@@ -297,6 +313,8 @@ class Instruments:
 
     def _breaker(self, event: CircuitStateChanged) -> None:
         self.breaker_state.set((event.channel, event.sender), BREAKER_STATES.get(event.current, 0))
+        if self.legacy_state is not None and event.channel == LEGACY_CHANNEL:
+            self.legacy_state.set((event.sender,), BREAKER_STATES.get(event.current, 0))
         self.breaker_transitions.inc((event.channel, event.sender, event.previous, event.current))
 
     def _limited(self, event: SendLimited) -> None:

@@ -261,6 +261,29 @@ EVENT_CASES = [
 ]
 
 
+async def test_the_legacy_php_names_follow_the_whatsapp_breaker_and_failures() -> None:
+    whatsapp = RecordingChannel("whatsapp")
+    async with metrics_service(whatsapp) as service:
+        await service.emit(CircuitStateChanged("whatsapp", "106540352242922", "closed", "open"))
+        await service.emit(CircuitStateChanged(CHANNEL, "s1", "closed", "open"))  # not whatsapp
+        whatsapp.fail_next(1, PermanentDeliveryError("bad", code=131026))
+        with pytest.raises(PermanentDeliveryError):
+            await service.send(Message("+16505550001", Text("hi"), channel="whatsapp"))
+        metrics = scrape(service)
+    # The legacy alerts: whatsapp_circuit_breaker_state == 2; rate(whatsapp_errors_total[5m]) > 0.05.
+    assert metrics.get("whatsapp_circuit_breaker_state", sender="106540352242922") == 2
+    assert metrics.get("whatsapp_circuit_breaker_state", sender="s1") is None
+    assert metrics.get("whatsapp_errors_total") == 1
+
+
+async def test_the_legacy_names_can_be_turned_off() -> None:
+    async with metrics_service(RecordingChannel("whatsapp"), settings={"legacy_names": False}) as service:
+        await service.emit(CircuitStateChanged("whatsapp", "s", "closed", "open"))
+        text = exposition(service).decode()
+    assert "whatsapp_circuit_breaker_state" not in text
+    assert "whatsapp_errors_total" not in text
+
+
 async def test_the_delivery_histogram_takes_final_fates_from_their_first_publish() -> None:
     async with metrics_service(RecordingChannel()) as service:
         await service.emit(MessageSettled("m-1", CHANNEL, "sent", age_s=0.3))
