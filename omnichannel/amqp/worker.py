@@ -17,7 +17,8 @@ it and the key store keeps it from being sent twice.
 A send whose outcome is uncertain (it may have reached the provider) follows
 ``ambiguous_policy`` (shared/resilience.md §1.10): ``reconcile`` waits ``reconcile_window_s``
 for a status webhook to settle the key, then resends once; ``retry`` resends at once;
-``dead_letter`` never resends. Every resend of an uncertain key emits ``PossibleDuplicateSend``.
+``dead_letter`` never resends. Every resend of an uncertain key emits ``PossibleDuplicateSend``,
+and every queue message's recorded fate a ``MessageSettled`` (the metrics of fates).
 """
 
 from __future__ import annotations
