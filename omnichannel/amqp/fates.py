@@ -24,6 +24,7 @@ __all__ = [
     "Decision",
     "Fate",
     "Settled",
+    "age_s",
     "classify",
     "defer_delay",
     "expiry",
@@ -168,12 +169,17 @@ def expiry(headers: dict[str, Any], now_ms: int, ttl_s: float) -> Decision | Non
     A message without its first-publish time (from an older producer) starts counting now:
     the header is added to ``headers``, which travel on with the message.
     """
-    first = headers.get(FIRST_PUBLISHED_HEADER)
-    if not isinstance(first, int):
+    age = age_s(headers, now_ms)
+    if age is None:
         headers[FIRST_PUBLISHED_HEADER] = now_ms
         return None
-    age_s = (now_ms - first) / 1000
-    if age_s <= ttl_s:
+    if age <= ttl_s:
         return None
-    error = f"first published {age_s:.0f} s ago, more than message_ttl_s = {ttl_s:g}"
+    error = f"first published {age:.0f} s ago, more than message_ttl_s = {ttl_s:g}"
     return Decision(Fate.DEAD_LETTER, "expired", error)
+
+
+def age_s(headers: dict[str, Any], now_ms: int) -> float | None:
+    """Seconds since the command was first published (``x-first-published``), if it says."""
+    first = headers.get(FIRST_PUBLISHED_HEADER)
+    return max(now_ms - first, 0) / 1000 if isinstance(first, int) else None

@@ -52,6 +52,7 @@ from .fates import (
     Decision,
     Fate,
     Settled,
+    age_s,
     classify,
     defer_delay,
     expiry,
@@ -279,7 +280,7 @@ class Worker:
                     decision.channel or "",
                     decision.fate.value,
                     decision.reason,
-                    _age_s(headers, self._now_ms()),
+                    age_s(headers, self._now_ms()),
                     occurred_at=self.service.clock.now(),
                 )
             )
@@ -614,12 +615,6 @@ def _sender_works(decision: Decision) -> bool:
     """Whether a probe's outcome shows the sender can send: it was accepted, or the provider
     answered about the message itself (a permanent error that is not the sender's)."""
     return decision.fate is Fate.SENT or decision.reason in ("permanent_error", "unknown_error_code")
-
-
-def _age_s(headers: dict[str, Any], now_ms: int) -> float | None:
-    """Seconds since the command was first published (``x-first-published``), if it says."""
-    first = headers.get(FIRST_PUBLISHED_HEADER)
-    return max(now_ms - first, 0) / 1000 if isinstance(first, int) else None
 
 
 def _int(value: object) -> int:
