@@ -44,6 +44,7 @@ from .templates import (
     MemoryTemplateCache,
     RedisTemplateCache,
     TemplateCache,
+    TemplateInfo,
     TemplateRegistry,
     check_template,
 )
@@ -109,13 +110,7 @@ async def _check_template(state: Runtime, message: Message) -> None:
         # Not knowing the templates must not stop sending: Meta still checks.
         log.warning("whatsapp: cannot fetch the templates to check %r: %s", content.name, exc)
         return
-    # A campaign sends one Template object to many recipients: check it once per template list.
-    last = state.last_check
-    if last is not None and last[0] is content and last[1] is known:
-        problems = last[2]
-    else:
-        problems = check_template(content, known)
-        state.last_check = (content, known, problems)
+    problems = _problems(state, content, known)
     if problems and state.registry.fetched_before(RECHECK_AFTER_S):
         # The list may predate the template's creation or approval (it is cached for
         # template_cache_ttl_s): look again, at most once per RECHECK_AFTER_S, before refusing.
@@ -124,10 +119,19 @@ async def _check_template(state: Runtime, message: Message) -> None:
         except OmniChannelError as exc:
             log.warning("whatsapp: cannot fetch the templates to check %r again: %s", content.name, exc)
         else:
-            problems = check_template(content, known)
-            state.last_check = (content, known, problems)
+            problems = _problems(state, content, known)
     if problems:
         raise MessageValidationError(problems, message_id=message.id)
+
+
+def _problems(state: Runtime, content: Template, known: list[TemplateInfo]) -> list[str]:
+    """``check_template``, once per template list: a campaign sends one Template to many."""
+    last = state.last_check
+    if last is not None and last[0] is content and last[1] is known:
+        return last[2]
+    problems = check_template(content, known)
+    state.last_check = (content, known, problems)
+    return problems
 
 
 @hookimpl
